@@ -1,0 +1,324 @@
+"""The Python API: `Engine(state_dir).execute(sql)`, `.run()`, `.query(sql) -> pyarrow.Table`.
+
+Queries read only the series folders and `catalog.json`, never RocksDB, so they work while a pipeline
+runs in another process; DDL and `run` take the RocksDB lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import sqlglot
+from datafusion import SessionContext
+from sqlglot import exp
+
+from pondstream.engine.catalog import Catalog, StreamEntry, ViewEntry
+from pondstream.engine.runner import Progress, Runner, errors_series, late_series, make_source
+from pondstream.sql import CreateStream, CreateView, Describe, Drop, Query, Show, SqlError, parse_script
+from pondstream.sql.dialect import DataFusionSQL, StreamSQL
+from pondstream.sql.planner import plan_view
+from pondstream.state.series import SeriesStore
+from pondstream.state.store import StateStore, Txn, prefix_end
+from pondstream.state.table import read_log, register_series, series_meta, visible_columns
+
+
+class EngineError(Exception):
+    """A user-facing error that is not about SQL syntax: say what and how to fix it."""
+
+
+def default_state_dir() -> str:
+    return os.environ.get("PONDSTREAM_STATE_DIR", "./pondstream-data")
+
+
+class Engine:
+    def __init__(self, state_dir: str | os.PathLike | None = None) -> None:
+        self.state_dir = Path(state_dir or default_state_dir()).resolve()
+        self._store: StateStore | None = None
+        self._series: SeriesStore | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog.load(self.state_dir)
+
+    def _open(self) -> tuple[StateStore, SeriesStore]:
+        if self._store is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._store = StateStore(str(self.state_dir / "rocksdb"))
+            self._series = SeriesStore(self.state_dir / "series", self._store)
+            self._series.recover()
+        return self._store, self._series
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = self._series = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- statements ----------------------------------------------------------------------------
+    def execute(self, sql: str, reset: Iterable[str] = (), base_dir: str | None = None) -> list[pa.Table | str]:
+        """Run each statement of `sql`: DDL changes the catalog, SHOW/DESCRIBE/SELECT return tables.
+
+        Re-creating an object with the same definition is a no-op (so a pipeline file can be run again
+        to resume); a changed view is refused unless its name is in `reset`, which discards its state."""
+        reset_names = {r.lower() for r in reset}
+        out: list[pa.Table | str] = []
+        for stmt in parse_script(sql):
+            if isinstance(stmt, CreateStream):
+                out.append(self._create_stream(stmt, reset_names, base_dir or os.getcwd()))
+            elif isinstance(stmt, CreateView):
+                out.append(self._create_view(stmt, reset_names))
+            elif isinstance(stmt, Drop):
+                out.append(self._drop(stmt))
+            elif isinstance(stmt, Show):
+                out.append(self._show(stmt.kind))
+            elif isinstance(stmt, Describe):
+                out.append(self.describe(stmt.name))
+            elif isinstance(stmt, Query):
+                out.append(self.query(stmt.sql))
+        return out
+
+    def _create_stream(self, stmt: CreateStream, reset: set[str], base_dir: str) -> str:
+        cat = self.catalog
+        found = cat.find(stmt.name)
+        if found and found[0] == "view":
+            raise EngineError(f"{stmt.name} is already a materialized view; pick another name")
+        if found:
+            old = cat.streams[found[1]]
+            if old.stmt.sql == stmt.sql:
+                return f"stream {stmt.name} exists (unchanged)"
+            if stmt.name.lower() not in reset:
+                raise EngineError(
+                    f"stream {stmt.name} already exists with a different definition.\n"
+                    f"  To replace it and recompute its views from scratch, run again with --reset {stmt.name}")
+            for v in cat.views_of(found[1]):
+                self._discard_view_state(v)
+            del cat.streams[found[1]]
+        entry = StreamEntry(stmt, base_dir)
+        try:
+            make_source(entry, None).close()  # fail now, not mid-run: missing path, bad options
+        except (ValueError, OSError) as e:
+            raise EngineError(f"stream {stmt.name}: {e}") from None
+        cat.streams[stmt.name] = entry
+        for v in cat.views_of(stmt.name):
+            cat.views[v] = ViewEntry(cat.views[v].stmt, plan_view(cat.views[v].stmt, cat.stream_stmts()))
+        cat.save()
+        return f"created stream {stmt.name}"
+
+    def _create_view(self, stmt: CreateView, reset: set[str]) -> str:
+        cat = self.catalog
+        found = cat.find(stmt.name)
+        if found and found[0] == "stream":
+            raise EngineError(f"{stmt.name} is already a stream; pick another name for the view")
+        plan = plan_view(stmt, cat.stream_stmts())
+        if found:
+            old = cat.views[found[1]]
+            if old.stmt.sql == stmt.sql:
+                return f"materialized view {stmt.name} exists (unchanged)"
+            if stmt.name.lower() not in reset:
+                raise EngineError(
+                    f"materialized view {stmt.name} already exists with a different definition.\n"
+                    f"  Its results so far came from the old query. To discard them and recompute from the\n"
+                    f"  start of the stream, run again with --reset {stmt.name} "
+                    f"(or DROP MATERIALIZED VIEW {stmt.name} first)")
+            self._discard_view_state(found[1])
+            del cat.views[found[1]]
+        cat.views[stmt.name] = ViewEntry(stmt, plan)
+        cat.save()
+        return f"created materialized view {stmt.name}"
+
+    def _discard_view_state(self, name: str) -> None:
+        store, series = self._open()
+        txn = Txn()
+        p = b"s/" + name.encode() + b"\x00"
+        txn.delete_range(p, prefix_end(p))
+        txn.delete_range(b"m/view/" + name.encode(), b"m/view/" + name.encode() + b"\x00")
+        for s in (name, late_series(name)):
+            series.drop(txn, s)
+        store.commit(txn)
+
+    def _drop(self, stmt: Drop) -> str:
+        cat = self.catalog
+        found = cat.find(stmt.name)
+        want = "stream" if stmt.kind == "STREAM" else "view"
+        if not found or found[0] != want:
+            if stmt.if_exists:
+                return f"{stmt.name} does not exist"
+            raise EngineError(f"no {'stream' if want == 'stream' else 'materialized view'} named {stmt.name}"
+                              " (SHOW STREAMS / SHOW MATERIALIZED VIEWS lists them)")
+        name = found[1]
+        if want == "stream":
+            deps = cat.views_of(name)
+            if deps:
+                raise EngineError(f"stream {name} is used by {', '.join(deps)}; drop those views first")
+            del cat.streams[name]
+            store, series = self._open()
+            txn = Txn()
+            series.drop(txn, errors_series(name))
+            store.commit(txn)
+        else:
+            self._discard_view_state(name)
+            del cat.views[name]
+        cat.save()
+        return f"dropped {name}"
+
+    def _show(self, kind: str) -> pa.Table:
+        cat = self.catalog
+        if kind == "STREAMS":
+            rows = [{"name": n, "connector": e.stmt.options.get("connector"), "event_time": e.stmt.event_time,
+                     "watermark_delay_s": e.stmt.watermark_delay_us / 1e6,
+                     "columns": ", ".join(f"{f.name} {f.type}" for f in e.stmt.schema)}
+                    for n, e in sorted(cat.streams.items())]
+            names = ["name", "connector", "event_time", "watermark_delay_s", "columns"]
+        else:
+            rows = []
+            for n, e in sorted(cat.views.items()):
+                log = read_log(self.state_dir / "series" / n)
+                w = e.plan.window
+                rows.append({"name": n, "stream": e.plan.stream,
+                             "window": f"{w.kind.upper()} {_dur(w.size_us)}" +
+                                       (f" every {_dur(w.slide_us)}" if w.kind == "hop" else ""),
+                             "versions": len(log), "rows_written": sum(x["rows"] for x in log)})
+            names = ["name", "stream", "window", "versions", "rows_written"]
+        return pa.Table.from_pylist(rows) if rows else pa.table({n: pa.array([], pa.string()) for n in names})
+
+    def describe(self, name: str) -> pa.Table:
+        """Columns and types of a stream or a view (plus, for streams, event time and options)."""
+        cat = self.catalog
+        found = cat.find(name)
+        if not found:
+            raise EngineError(f"no stream or materialized view named {name}")
+        kind, name = found
+        if kind == "stream":
+            s = cat.streams[name].stmt
+            rows = [{"column": f.name, "type": str(f.type),
+                     "note": (f"event time, watermark delay {_dur(s.watermark_delay_us)}"
+                              if f.name == s.event_time else "")} for f in s.schema]
+            rows += [{"column": f"({k})", "type": "option", "note": v} for k, v in sorted(s.options.items())]
+        else:
+            plan = cat.views[name].plan
+            rows = [{"column": f.name, "type": str(f.type),
+                     "note": ("window " + plan.time_columns[f.name]) if f.name in plan.time_columns else ""}
+                    for f in plan.output_schema if not f.name.startswith("_")]
+        return pa.Table.from_pylist(rows)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, checkpoint_interval: float = 1.0,
+            on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        """Run every view until bounded sources end (all windows emitted) or `stop` is set."""
+        cat = self.catalog
+        if not cat.views:
+            raise EngineError("no materialized views to run; CREATE MATERIALIZED VIEW first")
+        store, series = self._open()
+        try:
+            runner = Runner(self.state_dir, store, series, cat, checkpoint_interval, on_progress)
+        except (ValueError, OSError) as e:
+            raise EngineError(str(e)) from None
+        return runner.run(stop)
+
+    # -- queries -------------------------------------------------------------------------------
+    def series_names(self) -> list[str]:
+        root = self.state_dir / "series"
+        return sorted(p.name for p in root.iterdir() if (p / "_series.json").exists()) if root.exists() else []
+
+    def query(self, sql: str, as_of_version: int | None = None) -> pa.Table:
+        """Run a query over the views (latest versions, or as of `as_of_version`) with DataFusion.
+
+        `FROM view VERSION AS OF n` reads one view as it was at version n."""
+        ctx = SessionContext()
+        names = {n.lower(): n for n in self.series_names()}
+        try:
+            tree = sqlglot.parse_one(sql, read=StreamSQL)
+        except sqlglot.errors.ParseError:
+            tree = None
+        registered: set[tuple[str, int | None]] = set()
+
+        def register(name: str, as_of: int | None) -> str:
+            alias = name if as_of is None else f"{name}__as_of_{as_of}"
+            if (name, as_of) not in registered:
+                register_series(ctx, alias, self.state_dir / "series" / name, as_of)
+                registered.add((name, as_of))
+            return alias
+
+        if tree is None:
+            for n in names.values():
+                register(n, as_of_version)
+            text = sql
+        else:
+            rewrite = as_of_version is not None
+            for table in tree.find_all(exp.Table):
+                real = names.get(table.name.lower())
+                if real is None:
+                    continue
+                version = table.args.get("version")
+                as_of = as_of_version
+                if version is not None:
+                    try:
+                        as_of = int(version.expression.name)
+                    except ValueError:
+                        raise SqlError(f"VERSION AS OF needs a version number, got {version.expression.sql()}",
+                                       hint="e.g. SELECT * FROM hourly_sales VERSION AS OF 3") from None
+                    table.set("version", None)
+                    rewrite = True
+                alias = register(real, as_of)
+                if alias != table.name:
+                    if not table.alias:
+                        table.set("alias", exp.TableAlias(this=exp.to_identifier(real)))
+                    table.set("this", exp.to_identifier(alias))
+            text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
+        try:
+            return ctx.sql(text).to_arrow_table()
+        except Exception as e:
+            msg = str(e).split("\n")[0]
+            hint = ""
+            if "not found" in msg:
+                hint = f"\n  hint: queryable tables: {', '.join(sorted(names.values())) or 'none yet (run a view first)'}"
+            raise EngineError(f"query failed: {msg}{hint}") from None
+
+    def cat(self, view: str, time_start: str | None = None, time_end: str | None = None) -> pa.Table:
+        """A view's rows, optionally limited to windows starting in [time_start, time_end)."""
+        names = {n.lower(): n for n in self.series_names()}
+        real = names.get(view.lower())
+        if real is None:
+            raise EngineError(f"no view named {view}; known: {', '.join(sorted(names.values())) or 'none'}")
+        meta, schema = series_meta(self.state_dir / "series" / real)
+        tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
+        conds = []
+        if tcol and time_start:
+            conds.append(f"\"{tcol}\" >= TIMESTAMP '{time_start}'")
+        if tcol and time_end:
+            conds.append(f"\"{tcol}\" < TIMESTAMP '{time_end}'")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        order = [f'"{c}"' for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)]
+        sql = f'SELECT * FROM "{real}"{where}' + (f" ORDER BY {', '.join(order)}" if order else "")
+        return self.query(sql)
+
+    def status(self) -> dict:
+        """Progress of the last or current run (status.json) and per-view series figures."""
+        import json
+
+        p = self.state_dir / "status.json"
+        status = json.loads(p.read_text()) if p.exists() else {}
+        status["state_dir"] = str(self.state_dir)
+        status["series"] = {n: {"versions": len(log), "rows": sum(e["rows"] for e in log),
+                                "last_written_at": log[-1]["written_at"] if log else None}
+                            for n in self.series_names() for log in [read_log(self.state_dir / "series" / n)]}
+        return status
+
+
+def _dur(us: int) -> str:
+    for unit, n in (("day", 86_400_000_000), ("hour", 3_600_000_000), ("minute", 60_000_000),
+                    ("second", 1_000_000), ("millisecond", 1000)):
+        if us % n == 0:
+            k = us // n
+            return f"{k} {unit}{'s' if k != 1 else ''}"
+    return f"{us} microseconds"

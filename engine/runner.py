@@ -1,0 +1,258 @@
+"""The continuous pipeline: read batches, aggregate per view, checkpoint atomically, emit closed windows.
+
+A checkpoint is one RocksDB write batch holding the new partial-aggregate runs, the removal of closed
+windows, each view's source position and watermark, and the series-log entries of the files written
+for it. Files are written before the commit but are invisible until it lands; a crash at any point
+resumes from the previous checkpoint with the same batch boundaries, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pondstream.engine.catalog import Catalog, StreamEntry
+from pondstream.operators.file_source import FileSource
+from pondstream.operators.generator import GeneratorSource
+from pondstream.operators.partials import merge_partials
+from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
+from pondstream.operators.watermark import END_OF_STREAM, Watermark
+from pondstream.operators.window import closing_bound
+from pondstream.operators.window_aggregate import WindowAggregate
+from pondstream.sql.planner import ViewPlan
+from pondstream.state.series import SeriesStore
+from pondstream.state.store import StateStore, Txn
+from pondstream.state.window_state import WindowState, split_by_bound
+
+TS = pa.timestamp("us")
+
+
+def late_series(view: str) -> str:
+    return f"{view}__late"
+
+
+def errors_series(stream: str) -> str:
+    return f"{stream}__errors"
+
+
+def make_source(entry: StreamEntry, position: dict | None) -> Source:
+    s = entry.stmt
+    connector = s.options.get("connector", "").lower()
+    if connector == "file":
+        return FileSource(s.schema, s.event_time, s.options, position, base_dir=entry.base_dir)
+    if connector == "generator":
+        return GeneratorSource(s.schema, s.event_time, s.options, position)
+    raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file' or 'generator'")
+
+
+def ts_text(us: int | None) -> str:
+    if us is None:
+        return "-"
+    if us >= END_OF_STREAM:
+        return "end of input"
+    return pa.scalar(us, pa.int64()).cast(TS).as_py().isoformat(sep=" ")
+
+
+def ensure_series(series: SeriesStore, plan: ViewPlan, stream_schema: pa.Schema) -> None:
+    hidden = [c for c in plan.output_schema.names if c.startswith("_")]
+    series.ensure(plan.name, plan.output_schema, "view", plan.identity_columns, plan.time_columns, hidden)
+    late_schema = stream_schema.append(pa.field("_window_start", TS)).append(pa.field("_watermark", TS))
+    series.ensure(late_series(plan.name), late_schema, "late", [], {plan.event_time: "start"})
+
+
+@dataclass
+class ViewRun:
+    plan: ViewPlan
+    op: WindowAggregate
+    state: WindowState
+    meta: dict[str, Any]
+    pending: list[pa.Table] = field(default_factory=list)
+    late: list[pa.Table] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    """Views over one stream at the same position share one reader and one watermark."""
+
+    stream: StreamEntry
+    source: Source
+    watermark: Watermark
+    views: list[ViewRun]
+    position: Any
+    bad: list[pa.Table] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    events: int = 0
+    late: int = 0
+    bad: int = 0
+    started: float = field(default_factory=time.monotonic)
+    watermark: int | None = None
+    open_windows: int = 0
+    versions: int = 0
+    checkpoints: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.events / max(time.monotonic() - self.started, 1e-9)
+
+
+class Runner:
+    def __init__(self, state_dir: Path, store: StateStore, series: SeriesStore, catalog: Catalog,
+                 checkpoint_interval: float = 1.0,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.state_dir, self.store, self.series, self.catalog = state_dir, store, series, catalog
+        self.interval = checkpoint_interval
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self.epoch = int(store.get_meta("epoch", 0))
+        self.groups = self._groups()
+
+    def _groups(self) -> list[Group]:
+        groups: dict[tuple[str, str], Group] = {}
+        for name, entry in sorted(self.catalog.views.items()):
+            plan = entry.plan
+            stream = self.catalog.streams[plan.stream]
+            ensure_series(self.series, plan, stream.stmt.schema)
+            meta = self.store.get_meta(f"view/{name}", {})
+            view = ViewRun(plan, WindowAggregate(plan),
+                           WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
+            key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))
+            if key not in groups:
+                src = make_source(stream, meta.get("position"))
+                groups[key] = Group(stream, src, Watermark(stream.stmt.watermark_delay_us, meta.get("watermark")),
+                                    [], meta.get("position"))
+            groups[key].views.append(view)
+        return list(groups.values())
+
+    @property
+    def finished(self) -> bool:
+        return all(g.source.bounded and g.source.finished for g in self.groups)
+
+    def run(self, stop: threading.Event | None = None) -> Progress:
+        """Until every bounded source ends (then all windows are emitted) or `stop` is set."""
+        stop = stop or threading.Event()
+        last = time.monotonic()
+        while True:
+            got = False
+            for g in self.groups:
+                if not g.source.finished:
+                    sb = g.source.read()
+                    if sb is not None:
+                        self._process(g, sb)
+                        got = True
+            done = self.finished or stop.is_set()
+            if done or time.monotonic() - last >= self.interval:
+                self.checkpoint()
+                last = time.monotonic()
+            if done:
+                break
+            if not got:
+                stop.wait(0.05)
+        for g in self.groups:
+            g.source.close()
+        return self.progress
+
+    def _process(self, g: Group, sb) -> None:
+        data = sb.data
+        g.position = sb.position
+        if sb.bad is not None and sb.bad.num_rows:
+            g.bad.append(sb.bad)
+            self.progress.bad += sb.bad.num_rows
+        if data.num_rows == 0:
+            return
+        data = data.add_column(0, "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
+        before = g.watermark.value
+        for v in g.views:
+            r = v.op.process(data, before)
+            if r.partials is not None:
+                v.pending.append(r.partials)
+                if len(v.pending) >= 16:
+                    v.pending = [merge_partials(v.plan, v.pending)]
+            if len(r.late_rows):
+                rows = data.take(pa.array(r.late_rows)).drop_columns(["__row"])
+                rows = rows.append_column("_window_start", pa.array(r.late_windows).cast(TS))
+                v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
+                                                 .cast(TS)))
+                self.progress.late += rows.num_rows
+        max_ts = pc.max(data.column(g.stream.stmt.event_time))
+        if max_ts.is_valid:
+            g.watermark.observe(max_ts.cast(pa.int64()).as_py())
+        self.progress.events += data.num_rows
+
+    def checkpoint(self) -> None:
+        """Commit one epoch: state runs, emitted windows, positions and watermarks, atomically."""
+        self.epoch += 1
+        txn = Txn()
+        open_windows = 0
+        for g in self.groups:
+            if g.source.bounded and g.source.finished:
+                g.watermark.finish()
+            for v in g.views:
+                self._flush_view(txn, g, v)
+                open_windows += v.state.open_windows
+            if g.bad:
+                self.series.write(txn, errors_series(g.stream.stmt.name),
+                                  pa.concat_tables(g.bad).cast(BAD_RECORD_SCHEMA))
+                g.bad = []
+        txn.put_meta("epoch", self.epoch)
+        self.store.commit(txn)
+        wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
+        self.progress.watermark = min(wms) if wms else None
+        self.progress.open_windows = open_windows
+        self.progress.checkpoints += 1
+        self._write_status()
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def _flush_view(self, txn: Txn, g: Group, v: ViewRun) -> None:
+        merged = merge_partials(v.plan, v.pending) if v.pending else None
+        v.pending = []
+        wm = g.watermark.value
+        if wm is not None:
+            bound = closing_bound(wm, v.plan.window)
+            closing, rest = split_by_bound(merged, bound)
+            closed = v.state.take_closed(txn, bound, closing)
+        else:
+            rest, closed = merged, None
+        v.state.append(txn, rest, self.epoch)
+        if closed is not None and closed.num_rows:
+            out = v.op.finalize(closed)
+            if out.num_rows:
+                self.series.write(txn, v.plan.name, out)
+                self.progress.versions += 1
+        if v.late:
+            self.series.write(txn, late_series(v.plan.name), pa.concat_tables(v.late))
+            v.meta["late"] = v.meta.get("late", 0) + sum(t.num_rows for t in v.late)
+            v.late = []
+        v.meta.update(position=g.position, watermark=wm)
+        txn.put_meta(f"view/{v.plan.name}", v.meta)
+
+    def _write_status(self) -> None:
+        views = {}
+        for g in self.groups:
+            for v in g.views:
+                views[v.plan.name] = {
+                    "stream": g.stream.stmt.name, "source": g.source.describe(),
+                    "position": g.position, "watermark": ts_text(g.watermark.value),
+                    "open_windows": v.state.open_windows, "late": v.meta.get("late", 0),
+                    "finished": bool(g.source.bounded and g.source.finished),
+                }
+        status = {"pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "checkpoint": self.epoch, "events_this_run": self.progress.events,
+                  "events_per_second": round(self.progress.rate), "bad_records_this_run": self.progress.bad,
+                  "views": views}
+        tmp = self.state_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, self.state_dir / "status.json")

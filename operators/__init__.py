@@ -1,0 +1,1 @@
+"""Pipeline stages: sources, window assignment, watermarks, partial aggregation."""

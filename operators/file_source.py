@@ -1,0 +1,146 @@
+"""`connector = 'file'`: JSON lines, CSV or Parquet from a file, a directory (name order) or a glob.
+
+Text formats are read in large byte chunks cut at a line end, so a batch is one pyarrow decode and the
+position after it is an exact byte offset: a restart resumes at the same boundaries as the first run.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pondstream.operators.decode import conform, csv_parser, decode_chunk, json_parser
+from pondstream.operators.source import Source, SourceBatch
+
+FORMATS = ("jsonl", "json", "csv", "parquet")
+
+
+class FileSourceError(ValueError):
+    """A file source that cannot start: the message names the path and how to fix it."""
+
+
+def list_files(path: str) -> list[str]:
+    if any(ch in path for ch in "*?["):
+        files = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+    elif os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and not p.name.startswith("."))
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise FileSourceError(f"file source path {path!r} does not exist (working directory: {os.getcwd()})")
+    return files
+
+
+class FileSource(Source):
+    bounded = True
+
+    def __init__(self, schema: pa.Schema, event_time: str, options: dict[str, str],
+                 position: dict | None = None, base_dir: str | None = None) -> None:
+        path = options.get("path")
+        if not path:
+            raise FileSourceError("file source needs a path: WITH (connector = 'file', path = 'data/*.jsonl', ...)")
+        if base_dir and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        self.format = options.get("format", "jsonl").lower()
+        if self.format not in FORMATS:
+            raise FileSourceError(f"unknown file format {self.format!r}; use one of jsonl, csv, parquet")
+        self.schema, self.event_time, self.path = schema, event_time, path
+        self.batch_bytes = int(options.get("batch_bytes", 16 << 20))
+        self.files = list_files(path)
+        pos = position or {}
+        done_upto = pos.get("file")
+        self.index = 0
+        self.offset = int(pos.get("offset", 0))
+        if done_upto is not None:
+            later = [i for i, f in enumerate(self.files) if f >= done_upto]
+            self.index = later[0] if later else len(self.files)
+            if self.index < len(self.files) and self.files[self.index] != done_upto:
+                self.offset = 0
+        self._fh = None
+        self._parse = None
+        self.finished = self.index >= len(self.files)
+
+    def describe(self) -> str:
+        return f"file {self.path} ({len(self.files)} files, {self.format})"
+
+    def _position(self) -> dict:
+        return {"file": self.files[self.index], "offset": self.offset}
+
+    def _next_file(self) -> None:
+        if self._fh:
+            self._fh.close()
+        self._fh, self._parse = None, None
+        self.index += 1
+        self.offset = 0
+        self.finished = self.index >= len(self.files)
+
+    def read(self) -> SourceBatch | None:
+        while not self.finished:
+            batch = self._read_parquet() if self.format == "parquet" else self._read_text()
+            if batch is not None:
+                return batch
+        return None
+
+    def _read_text(self) -> SourceBatch | None:
+        name = self.files[self.index]
+        if self._fh is None:
+            self._fh = open(name, "rb")  # noqa: SIM115 - kept open across batches
+            if self.format == "csv":
+                header_line = self._fh.readline()
+                header = next(csv.reader([header_line.decode("utf-8-sig")]), [])
+                self._parse = csv_parser(self.schema, [h.strip() for h in header])
+                self.offset = max(self.offset, len(header_line))
+            else:
+                self._parse = json_parser(self.schema)
+            self._fh.seek(self.offset)
+        chunk = self._fh.read(self.batch_bytes)
+        if not chunk:
+            self._next_file()
+            return None
+        if len(chunk) == self.batch_bytes:
+            cut = chunk.rfind(b"\n")
+            while cut < 0:  # a line longer than a chunk: read on to its end
+                more = self._fh.read(self.batch_bytes)
+                if not more:
+                    break
+                chunk += more
+                cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                self._fh.seek(self.offset + cut + 1)
+                chunk = chunk[: cut + 1]
+        start = self.offset
+        self.offset += len(chunk)
+        good, bad = decode_chunk(chunk, start, self._parse, name, self.event_time)
+        data = good if good is not None else self.schema.empty_table()
+        return SourceBatch(data, self._position(), bad)
+
+    def _read_parquet(self) -> SourceBatch | None:
+        name = self.files[self.index]
+        pf = pq.ParquetFile(name)
+        if self.offset >= pf.num_row_groups:
+            self._next_file()
+            return None
+        cols = [c for c in self.schema.names if c in pf.schema_arrow.names]
+        table = conform(pf.read_row_group(self.offset, columns=cols), self.schema)
+        self.offset += 1
+        bad = None
+        nulls = table.column(self.event_time).null_count
+        if nulls:
+            import pyarrow.compute as pc
+
+            from pondstream.operators.source import bad_records
+            mask = pc.is_null(table.column(self.event_time))
+            rows = table.filter(mask).to_pylist()
+            bad = bad_records(name, [self.offset - 1] * nulls, [repr(r).encode() for r in rows],
+                              [f"event time column {self.event_time} is null"] * nulls)
+            table = table.filter(pc.invert(mask))
+        return SourceBatch(table, self._position(), bad)
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()

@@ -1,0 +1,67 @@
+"""The windowed aggregate of one view: per-batch filter/project, window assignment, lateness, partials;
+and per closed window the finalize step that turns merged partials into the view's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datafusion import SessionConfig, SessionContext
+
+from pondstream.operators.partials import first_partials
+from pondstream.operators.window import assign
+from pondstream.sql.planner import ViewPlan
+
+
+@dataclass
+class BatchResult:
+    partials: pa.Table | None  # per (window, keys) for on-time rows
+    late_rows: np.ndarray  # indices into the input batch of rows that arrived for closed windows
+    late_windows: np.ndarray  # the window start (µs) each late row was meant for
+
+
+class WindowAggregate:
+    """Stateless per batch: state merging and emission live with the runner's checkpoint."""
+
+    def __init__(self, plan: ViewPlan) -> None:
+        self.plan = plan
+        self.ctx = SessionContext(SessionConfig().with_target_partitions(1))
+
+    def process(self, batch: pa.Table, watermark_us: int | None) -> BatchResult:
+        """`batch` carries a `__row` column; `watermark_us` is the watermark before this batch."""
+        self.ctx.deregister_table("__batch")
+        self.ctx.register_record_batches("__batch", [batch.to_batches()])
+        pre = self.ctx.sql(self.plan.pre_sql).to_arrow_table()  # re-planned: plans keep old providers
+        empty = np.empty(0, np.int64)
+        if pre.num_rows == 0:
+            return BatchResult(None, empty, empty)
+        ts = pre.column("__ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        rows, ws = assign(ts, self.plan.window)
+        if watermark_us is not None:
+            late = ws + self.plan.window.size_us <= watermark_us
+            if late.any():
+                late_idx = np.flatnonzero(late) if rows is None else rows[late]
+                late_rows = pre.column("__row").take(pa.array(late_idx)).to_numpy()
+                late_ws = ws[late]
+                on_time = ~late
+                rows = np.flatnonzero(on_time) if rows is None else rows[on_time]
+                ws = ws[on_time]
+                taken = pre.take(pa.array(rows))
+                part = first_partials(self.plan, taken, ws) if len(ws) else None
+                return BatchResult(part, late_rows, late_ws)
+        taken = pre if rows is None else pre.take(pa.array(rows))
+        return BatchResult(first_partials(self.plan, taken, ws), empty, empty)
+
+    def finalize(self, merged: pa.Table) -> pa.Table:
+        """The view's rows for complete windows, ordered by window and key for row-group statistics."""
+        size = pa.scalar(self.plan.window.size_us, pa.duration("us"))
+        win = merged.append_column("__we", pc.add(merged.column("__ws"), size))
+        self.ctx.deregister_table("__win")
+        self.ctx.register_record_batches("__win", [win.to_batches()])
+        out = self.ctx.sql(self.plan.final_sql).to_arrow_table()
+        order = [(c, "ascending") for c in self.plan.time_columns] + [
+            (c, "ascending") for c in self.plan.identity_columns if c not in self.plan.time_columns
+        ]
+        return out.sort_by(order) if order else out

@@ -1,0 +1,17 @@
+"""SQL front end: text in, typed statement plans out (via a sqlglot dialect of ours)."""
+
+from pondstream.sql.errors import SqlError
+from pondstream.sql.statements import (
+    CreateStream,
+    CreateView,
+    Describe,
+    Drop,
+    Query,
+    Show,
+    Statement,
+    parse_script,
+)
+
+__all__ = [
+    "SqlError", "Statement", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
+]

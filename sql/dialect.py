@@ -1,0 +1,70 @@
+"""The StreamSQL dialect (reading) and DataFusionSQL (writing), both thin sqlglot subclasses.
+
+Reading builds on RisingWave, which already parses `WATERMARK FOR c AS ...`; we add `CREATE STREAM`,
+generic `WITH (key = value)` options and Flink's window TVF arguments (`TABLE s`, `DESCRIPTOR(c)`).
+Writing builds on Postgres, which DataFusion accepts almost entirely; we keep TRY_CAST and MAX_BY.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.dialects.risingwave import RisingWave
+from sqlglot.generator import Generator
+from sqlglot.generators.postgres import PostgresGenerator
+from sqlglot.parsers.risingwave import RisingWaveParser
+from sqlglot.tokens import TokenType
+
+
+class StreamParser(RisingWaveParser):
+    DB_CREATABLES = {*RisingWaveParser.DB_CREATABLES, TokenType.STREAM}
+    CREATABLES = {*RisingWaveParser.CREATABLES, TokenType.STREAM}
+
+    def _parse_wrapped_properties(self):  # WITH (connector = 'file', path = '...')
+        return self._parse_wrapped_csv(self._parse_key_value_property)
+
+    def _parse_lambda(self, alias: bool = False):
+        """Accept Flink's `TABLE s` and `DATA => TABLE s` arguments of window TVFs."""
+        t = self._tokens
+        if (
+            self._next
+            and self._next.token_type == TokenType.FARROW
+            and self._index + 2 < len(t)
+            and t[self._index + 2].token_type == TokenType.TABLE
+        ):
+            key = self._parse_var(any_token=True)
+            self._advance()
+            return self.expression(exp.Kwarg(this=key, expression=self._parse_lambda(alias)))
+        if self._curr and self._curr.token_type == TokenType.TABLE and self._next and (
+            self._next.token_type != TokenType.L_PAREN
+        ):
+            self._advance()
+            return self.expression(exp.Anonymous(this="TABLE", expressions=[self._parse_table_parts()]))
+        return super()._parse_lambda(alias=alias)
+
+
+class StreamSQL(RisingWave):
+    class Tokenizer(RisingWave.Tokenizer):
+        KEYWORDS = {**RisingWave.Tokenizer.KEYWORDS, "STREAM": TokenType.STREAM}
+
+    Parser = StreamParser
+
+
+class DataFusionGenerator(PostgresGenerator):
+    TRY_SUPPORTED = True
+    TRANSFORMS = {k: v for k, v in PostgresGenerator.TRANSFORMS.items() if k is not exp.TryCast}
+    TRANSFORMS[exp.ArgMax] = lambda s, e: (
+        f"first_value({s.sql(e, 'this')} ORDER BY {s.sql(e, 'expression')} DESC NULLS LAST)"
+    )
+
+    def trycast_sql(self, expression: exp.TryCast) -> str:
+        return Generator.trycast_sql(self, expression)
+
+
+class DataFusionSQL(Postgres):
+    Generator = DataFusionGenerator
+
+
+def to_datafusion(node: exp.Expression) -> str:
+    """SQL text DataFusion runs; identifiers quoted so column case survives."""
+    return node.sql(dialect=DataFusionSQL, identify=True)

@@ -1,0 +1,328 @@
+"""Plan a materialized view: split its SELECT into a per-batch pre-aggregation and a per-window finalize.
+
+A windowed view `SELECT f(keys, aggs) FROM s WHERE p GROUP BY window, keys HAVING h` runs in three steps:
+1. `pre_sql`, per batch (DataFusion): the WHERE filter, event time, key expressions and aggregate inputs.
+2. window assignment and partial aggregation (operators/), merged across batches in RocksDB.
+3. `final_sql`, per closed window (DataFusion): aggregates finalized from partials (AVG = sum/count),
+   expressions over them, HAVING, and the select list with the user's column names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from datafusion import SessionConfig, SessionContext
+from sqlglot import exp
+
+from pondstream.sql.dialect import to_datafusion
+from pondstream.sql.errors import SqlError, at
+from pondstream.sql.intervals import interval_us
+from pondstream.sql.statements import CreateStream, CreateView
+
+WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop"}
+BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "end"),
+               "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end")}
+AGG_HINT = "supported aggregates: COUNT(*), COUNT(x), SUM, MIN, MAX, AVG"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    kind: str  # "tumble" | "hop"
+    size_us: int
+    slide_us: int
+
+    @property
+    def per_event(self) -> int:
+        return self.size_us // self.slide_us
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One column of partial-aggregate state: how a batch computes it and how two partials merge."""
+
+    name: str
+    source: str | None  # input column (None for COUNT(*))
+    first: str  # pyarrow hash aggregate over inputs: count_all, count, sum, min, max
+    merge: str  # pyarrow hash aggregate over partials: sum, min, max
+
+
+@dataclass
+class ViewPlan:
+    name: str
+    stream: str
+    event_time: str
+    window: WindowSpec
+    pre_sql: str
+    key_columns: list[str]
+    partials: list[Partial]
+    final_sql: str
+    output_schema: pa.Schema
+    time_columns: dict[str, str] = field(default_factory=dict)  # output column -> "start" | "end"
+    identity_columns: list[str] = field(default_factory=list)  # window + keys: what a later version replaces
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def start_column(self) -> str | None:
+        """The output column holding window start: the view's event-time axis for pruning."""
+        return next((c for c, b in self.time_columns.items() if b == "start"), None)
+
+
+def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
+    """Check a view against the stream it reads and compile it; SqlError (located) on any problem."""
+    try:
+        return _Planner(view, streams).plan()
+    except SqlError as e:
+        raise e.with_sql(view.sql) if e.sql is None else e from None
+
+
+class _Planner:
+    def __init__(self, view: CreateView, streams: dict[str, CreateStream]) -> None:
+        self.view, self.streams = view, streams
+        self.select = view.select.copy()
+        self.window: WindowSpec | None = None
+        self.tvf = False
+
+    # -- FROM ------------------------------------------------------------------------------------
+    def _source(self) -> CreateStream:
+        sel = self.select
+        if sel.args.get("joins"):
+            raise at(sel.args["joins"][0], "joins are not supported in materialized views yet")
+        frm = sel.args.get("from_") or sel.args.get("from")
+        if frm is None:
+            raise at(sel, "a materialized view needs FROM <stream>")
+        table = frm.this
+        if isinstance(table, exp.Table) and isinstance(table.this, exp.Anonymous):
+            return self._tvf(table.this)
+        if not isinstance(table, exp.Table):
+            raise at(table, "FROM must name a stream (subqueries are not supported yet)")
+        return self._stream(table)
+
+    def _stream(self, table: exp.Expression) -> CreateStream:
+        name = table.name
+        found = next((s for n, s in self.streams.items() if n.lower() == name.lower()), None)
+        if found is None:
+            known = ", ".join(sorted(self.streams)) or "none declared yet"
+            raise at(table, f"unknown stream {name}", f"declare it with CREATE STREAM first (known: {known})")
+        return found
+
+    def _tvf(self, call: exp.Anonymous) -> CreateStream:
+        if call.name.upper() == "TABLE" and call.expressions and isinstance(call.expressions[0], exp.Anonymous):
+            call = call.expressions[0]
+        kind = WINDOW_FUNCS.get(call.name.upper())
+        if kind is None:
+            raise at(call, f"unsupported table function {call.name}", "use TUMBLE or HOP")
+        args = list(call.expressions)
+        if len(args) != (3 if kind == "tumble" else 4):
+            usage = ("TUMBLE(TABLE s, DESCRIPTOR(ts), size)" if kind == "tumble"
+                     else "HOP(TABLE s, DESCRIPTOR(ts), slide, size)")
+            raise at(call, f"{call.name} takes {len(args)} arguments here", f"write {usage}")
+        src = args[0]
+        if isinstance(src, exp.Anonymous) and src.name.upper() == "TABLE":
+            src = src.expressions[0]
+        stream = self._stream(src)
+        ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) else args[1]
+        self._check_time_col(ts, stream)
+        self.window = self._window_spec(kind, args[2:], call)
+        self.tvf = True
+        return stream
+
+    # -- windows -----------------------------------------------------------------------------------
+    def _window_spec(self, kind: str, sizes: list[exp.Expression], node: exp.Expression) -> WindowSpec:
+        if kind == "tumble":
+            size = interval_us(sizes[0])
+            return WindowSpec("tumble", size, size)
+        slide, size = interval_us(sizes[0]), interval_us(sizes[1])
+        if size % slide:
+            raise at(node, "HOP size must be a whole multiple of its slide",
+                     "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)")
+        return WindowSpec("hop", size, slide)
+
+    def _check_time_col(self, col: exp.Expression, stream: CreateStream) -> None:
+        if not isinstance(col, exp.Column) or col.name.lower() != stream.event_time.lower():
+            raise at(col, f"windows must be over the stream's event-time column {stream.event_time}",
+                     f"the stream declares WATERMARK FOR {stream.event_time}")
+
+    # -- the plan ----------------------------------------------------------------------------------
+    def plan(self) -> ViewPlan:
+        stream = self._source()
+        sel = self.select
+        names = {f.name.lower(): f.name for f in stream.schema}
+        group = sel.args.get("group")
+        if group is None:
+            raise at(sel, "a materialized view needs GROUP BY with a window",
+                     "GROUP BY TUMBLE(ts, INTERVAL '1' HOUR), key (running aggregates without a window "
+                     "are not supported yet)")
+        keys: list[exp.Expression] = []
+        window_cols = {"window_start", "window_end"} if self.tvf else set()
+        for g in group.expressions:
+            if isinstance(g, exp.Anonymous) and g.name.upper() in WINDOW_FUNCS:
+                if self.window is not None:
+                    raise at(g, "only one window per view", "remove the extra window from GROUP BY")
+                self._check_time_col(g.expressions[0] if g.expressions else g, stream)
+                self.window = self._window_spec(WINDOW_FUNCS[g.name.upper()], g.expressions[1:], g)
+                if len(g.expressions) != (2 if g.name.upper() == "TUMBLE" else 3):
+                    raise at(g, f"wrong number of arguments to {g.name}",
+                             "TUMBLE(ts, size) or HOP(ts, slide, size)")
+            elif isinstance(g, exp.Column) and g.name.lower() in window_cols:
+                continue
+            else:
+                keys.append(g)
+        if self.window is None:
+            raise at(group, "GROUP BY has no window",
+                     "add TUMBLE(ts, INTERVAL '1' HOUR) or HOP(ts, slide, size) to GROUP BY")
+
+        # Resolve every column against the stream (case-insensitively) before anything is compiled.
+        for node in [*sel.expressions, *keys, sel.args.get("where"), sel.args.get("having")]:
+            for col in node.find_all(exp.Column) if node is not None else []:
+                low = col.name.lower()
+                if low in window_cols:
+                    continue
+                if low not in names:
+                    raise at(col, f"unknown column {col.name} in stream {stream.name}",
+                             f"columns are: {', '.join(stream.schema.names)}")
+                col.set("this", exp.to_identifier(names[low], quoted=True))
+                col.set("table", None)
+
+        where = sel.args.get("where")
+        if where is not None:
+            if where.find(exp.AggFunc):
+                raise at(where.find(exp.AggFunc), "aggregates are not allowed in WHERE", "use HAVING")
+        pre_cols = ["__row", f'"{stream.event_time}" AS __ts']
+        key_cols = [f"__k{i}" for i in range(len(keys))]
+        pre_cols += [f"{to_datafusion(k)} AS {kc}" for k, kc in zip(keys, key_cols, strict=True)]
+
+        partials: list[Partial] = []
+        inputs: dict[str, str] = {}  # input expression sql -> column
+
+        def input_col(arg: exp.Expression) -> str:
+            text = to_datafusion(arg)
+            if text not in inputs:
+                inputs[text] = f"__a{len(inputs)}"
+                pre_cols.append(f"{text} AS {inputs[text]}")
+            return inputs[text]
+
+        def add(source: str | None, first: str, merge: str) -> str:
+            name = f"__p{len(partials)}"
+            partials.append(Partial(name, source, first, merge))
+            return name
+
+        def final_agg(agg: exp.AggFunc) -> exp.Expression:
+            if agg.find(exp.Distinct):
+                raise at(agg, "DISTINCT aggregates are not supported yet", AGG_HINT)
+            if isinstance(agg, exp.Count):
+                arg = agg.this
+                if arg is None or isinstance(arg, exp.Star):
+                    return exp.column(add(None, "count_all", "sum"))
+                return exp.column(add(input_col(arg), "count", "sum"))
+            if isinstance(agg, (exp.Sum, exp.Min, exp.Max)):
+                fn = {exp.Sum: "sum", exp.Min: "min", exp.Max: "max"}[type(agg)]
+                return exp.column(add(input_col(agg.this), fn, fn))
+            if isinstance(agg, exp.Avg):
+                src = input_col(agg.this)
+                s, n = add(src, "sum", "sum"), add(src, "count", "sum")
+                return exp.Div(
+                    this=exp.Cast(this=exp.column(s), to=exp.DataType.build("DOUBLE")),
+                    expression=exp.Nullif(this=exp.column(n), expression=exp.Literal.number(0)),
+                )
+            raise at(agg, f"unsupported aggregate {agg.sql_name()}", AGG_HINT)
+
+        key_sql = {to_datafusion(k): kc for k, kc in zip(keys, key_cols, strict=True)}
+        time_columns: dict[str, str] = {}
+        kind = self.window.kind
+
+        def to_final(node: exp.Expression) -> exp.Expression:
+            def rewrite(n: exp.Expression) -> exp.Expression:
+                if isinstance(n, exp.AggFunc):
+                    return final_agg(n)
+                if isinstance(n, exp.Anonymous) and n.name.upper() in BOUND_FUNCS:
+                    fkind, bound = BOUND_FUNCS[n.name.upper()]
+                    if fkind != kind:
+                        raise at(n, f"{n.name} does not match the view's {kind.upper()} window")
+                    return exp.column("__ws" if bound == "start" else "__we")
+                if isinstance(n, exp.Column) and n.name.lower() in window_cols:
+                    return exp.column("__ws" if n.name.lower() == "window_start" else "__we")
+                if not isinstance(n, exp.Column) and to_datafusion(n) in key_sql:
+                    return exp.column(key_sql[to_datafusion(n)])
+                if isinstance(n, exp.Column):
+                    text = to_datafusion(n)
+                    if text in key_sql:
+                        return exp.column(key_sql[text])
+                    raise at(n, f"column {n.name} must appear in GROUP BY or be used in an aggregate",
+                             f"add {n.name} to GROUP BY, or wrap it in MIN/MAX/SUM/COUNT")
+                return n
+
+            return node.copy().transform(rewrite, copy=False)
+
+        out_exprs: list[str] = []
+        identity: list[str] = []
+        shown_keys: set[str] = set()
+        seen: set[str] = set()
+        for item in sel.expressions:
+            if isinstance(item, exp.Star):
+                raise at(item, "SELECT * is not allowed in a materialized view", "list the columns")
+            inner = item.this if isinstance(item, exp.Alias) else item
+            if isinstance(item, exp.Alias):
+                name = item.alias
+            elif isinstance(inner, exp.Column):
+                name = inner.name
+            elif isinstance(inner, exp.Anonymous) and inner.name.upper() in BOUND_FUNCS:
+                name = "window_" + BOUND_FUNCS[inner.name.upper()][1]
+            else:
+                name = inner.sql(dialect="postgres").lower()
+            if name.lower() in seen:
+                raise at(item, f"duplicate output column {name}", "give each output column its own alias")
+            seen.add(name.lower())
+            final = to_final(inner)
+            if isinstance(final, exp.Column) and final.name in ("__ws", "__we"):
+                time_columns[name] = "start" if final.name == "__ws" else "end"
+                identity.append(name)
+            elif isinstance(final, exp.Column) and final.name in key_cols:
+                identity.append(name)
+                shown_keys.add(final.name)
+            out_exprs.append(f"{to_datafusion(final)} AS {exp.to_identifier(name, quoted=True).sql()}")
+        if not any(b == "start" for b in time_columns.values()):
+            out_exprs.append('__ws AS "_window_start"')  # hidden: a version needs its window to be replaced
+            time_columns["_window_start"] = "start"
+            identity.append("_window_start")
+        for i, kc in enumerate(key_cols):
+            if kc not in shown_keys:  # hidden: keys not shown still tell rows apart across versions
+                out_exprs.append(f'{kc} AS "_key{i}"')
+                identity.append(f"_key{i}")
+        having = sel.args.get("having")
+        final_where = f" WHERE {to_datafusion(to_final(having.this))}" if having is not None else ""
+        pre_where = f" WHERE {to_datafusion(where.this)}" if where is not None else ""
+        pre_sql = f"SELECT {', '.join(pre_cols)} FROM __batch{pre_where}"
+        final_sql = f"SELECT {', '.join(out_exprs)} FROM __win{final_where}"
+
+        plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
+                        partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options))
+        plan.output_schema = _typecheck(plan, stream, sel)
+        return plan
+
+
+def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select) -> pa.Schema:
+    """Run both SQL halves over empty inputs so type errors surface at CREATE time, not mid-stream."""
+    from pondstream.operators.partials import first_partials  # runtime step shared with the operator
+
+    ctx = SessionContext(SessionConfig().with_target_partitions(1))
+    empty = pa.schema([pa.field("__row", pa.int64()), *stream.schema]).empty_table()
+    try:
+        ctx.register_record_batches("__batch", [empty.to_batches() or [pa.RecordBatch.from_pylist([], empty.schema)]])
+        pre = ctx.sql(plan.pre_sql).to_arrow_table()
+    except Exception as e:  # DataFusion reports planning errors as generic exceptions
+        raise _df_error(e, sel.args.get("where") or sel) from None
+    part = first_partials(plan, pre, ws=pa.array([], pa.int64()))
+    win = part.append_column("__we", pa.array([], pa.timestamp("us")))
+    try:
+        ctx.register_record_batches("__win", [win.to_batches() or [pa.RecordBatch.from_pylist([], win.schema)]])
+        return ctx.sql(plan.final_sql).to_arrow_table().schema
+    except Exception as e:
+        raise _df_error(e, sel) from None
+
+
+def _df_error(e: Exception, node: exp.Expression) -> SqlError:
+    msg = str(e).split("\n")[0]
+    for prefix in ("DataFusion error: ", "Error during planning: ", "Optimizer rule", "type_coercion"):
+        msg = msg.replace(prefix, "")
+    return at(node, f"type error: {msg.strip()}", "check the types of the columns used in this expression")

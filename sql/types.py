@@ -1,0 +1,42 @@
+"""SQL column types a stream may declare, and the Arrow type each becomes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from sqlglot import exp
+
+from pondstream.sql.errors import at
+
+T = exp.DataType.Type
+_SIMPLE: dict[T, pa.DataType] = {
+    T.BIGINT: pa.int64(),
+    T.INT: pa.int32(),
+    T.SMALLINT: pa.int16(),
+    T.DOUBLE: pa.float64(),
+    T.FLOAT: pa.float64(),
+    T.VARCHAR: pa.string(),
+    T.TEXT: pa.string(),
+    T.CHAR: pa.string(),
+    T.BOOLEAN: pa.bool_(),
+    T.TIMESTAMP: pa.timestamp("us"),
+    T.TIMESTAMPTZ: pa.timestamp("us"),
+    T.DATETIME: pa.timestamp("us"),
+}
+SUPPORTED = "BIGINT, INT, SMALLINT, DOUBLE, FLOAT, DECIMAL(p,s), VARCHAR, TEXT, BOOLEAN, TIMESTAMP"
+
+
+def arrow_type(kind: exp.DataType) -> pa.DataType:
+    """Arrow type for a declared column type; timestamps are UTC microseconds without zone."""
+    if kind.this in _SIMPLE:
+        return _SIMPLE[kind.this]
+    if kind.this == T.DECIMAL:
+        params = [int(p.name) for p in kind.expressions]
+        precision, scale = (params + [38, 0])[:2] if params else (38, 9)
+        if not 0 < precision <= 38 or not 0 <= scale <= precision:
+            raise at(kind, f"DECIMAL({precision},{scale}) is out of range", "precision 1..38, 0 <= scale <= precision")
+        return pa.decimal128(precision, scale)
+    raise at(kind, f"unsupported column type {kind.sql()}", f"use one of {SUPPORTED}")
+
+
+def is_timestamp(t: pa.DataType) -> bool:
+    return pa.types.is_timestamp(t)

@@ -1,0 +1,1 @@
+"""What persists: RocksDB state (partials, positions, watermarks) and the file:series of each view."""

@@ -1,0 +1,90 @@
+"""Partial aggregates of open windows, as append-only runs of Arrow IPC per (view, window).
+
+Each checkpoint appends at most one run per touched window (no read-modify-write on the hot path).
+A window's runs are merged when it closes, or compacted into one when they pile up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pondstream.state.store import StateStore, Txn, from_u64, prefix_end, u64
+
+COMPACT_AFTER = 16
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+class WindowState:
+    """Runs for one view. `merge` combines partial tables (operators.partials.merge_partials)."""
+
+    def __init__(self, store: StateStore, view: str, merge: Callable[[list[pa.Table]], pa.Table]) -> None:
+        self.store, self.merge = store, merge
+        self.prefix = b"s/" + view.encode() + b"\x00"
+        self.runs: dict[int, int] = defaultdict(int)  # window start -> number of runs
+        for key in store.keys(self.prefix, prefix_end(self.prefix)):
+            self.runs[from_u64(key[len(self.prefix): len(self.prefix) + 8])] += 1
+
+    def _window_range(self, ws: int) -> tuple[bytes, bytes]:
+        lo = self.prefix + u64(ws)
+        return lo, prefix_end(lo)
+
+    def _read(self, lo: bytes, hi: bytes) -> list[pa.Table]:
+        return [from_ipc(v) for _, v in self.store.scan(lo, hi)]
+
+    @property
+    def open_windows(self) -> int:
+        return len(self.runs)
+
+    def append(self, txn: Txn, partials: pa.Table, seq: int) -> None:
+        """One run per window present in `partials` (sorted by window start)."""
+        if partials is None or partials.num_rows == 0:
+            return
+        partials = partials.sort_by("__ws")
+        ws = partials.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
+        cuts = np.flatnonzero(np.diff(ws)) + 1
+        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ws)])), strict=True):
+            w = int(ws[lo])
+            part = partials.slice(int(lo), int(hi - lo))
+            if self.runs[w] >= COMPACT_AFTER:
+                lo_key, hi_key = self._window_range(w)
+                part = self.merge([*self._read(lo_key, hi_key), part])
+                txn.delete_range(lo_key, hi_key)
+                self.runs[w] = 0
+            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(part))
+            self.runs[w] += 1
+
+    def take_closed(self, txn: Txn, bound: int, pending: pa.Table | None) -> pa.Table | None:
+        """Merged partials of every window with start <= bound (stored runs plus `pending`), removed
+        from state in `txn`. `pending` must hold only windows with start <= bound."""
+        closed = [w for w in self.runs if w <= bound]
+        tables = [pending] if pending is not None and pending.num_rows else []
+        if closed:
+            lo, hi = self.prefix, self.prefix + u64(max(closed) + 1)
+            tables += self._read(lo, hi)
+            txn.delete_range(lo, hi)
+            for w in closed:
+                del self.runs[w]
+        return self.merge(tables) if tables else None
+
+
+def split_by_bound(partials: pa.Table | None, bound: int) -> tuple[pa.Table | None, pa.Table | None]:
+    """(windows with start <= bound, the rest)."""
+    if partials is None:
+        return None, None
+    mask = pc.less_equal(partials.column("__ws"), pa.scalar(bound, pa.int64()).cast(pa.timestamp("us")))
+    return partials.filter(mask), partials.filter(pc.invert(mask))
