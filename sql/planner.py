@@ -73,7 +73,7 @@ def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
     try:
         return _Planner(view, streams).plan()
     except SqlError as e:
-        raise e.with_sql(view.sql) if e.sql is None else e from None
+        raise e.with_sql(getattr(view, "script", view.sql)) if e.sql is None else e from None
 
 
 class _Planner:
@@ -193,6 +193,7 @@ class _Planner:
         pre_cols += [f"{to_datafusion(k)} AS {kc}" for k, kc in zip(keys, key_cols, strict=True)]
 
         partials: list[Partial] = []
+        numeric_inputs: list[tuple[str, exp.Expression]] = []  # SUM/AVG arguments, checked after typing
         inputs: dict[str, str] = {}  # input expression sql -> column
 
         def input_col(arg: exp.Expression) -> str:
@@ -217,9 +218,12 @@ class _Planner:
                 return exp.column(add(input_col(arg), "count", "sum"))
             if isinstance(agg, (exp.Sum, exp.Min, exp.Max)):
                 fn = {exp.Sum: "sum", exp.Min: "min", exp.Max: "max"}[type(agg)]
+                if fn == "sum":
+                    numeric_inputs.append((input_col(agg.this), agg))
                 return exp.column(add(input_col(agg.this), fn, fn))
             if isinstance(agg, exp.Avg):
                 src = input_col(agg.this)
+                numeric_inputs.append((src, agg))
                 s, n = add(src, "sum", "sum"), add(src, "count", "sum")
                 return exp.Div(
                     this=exp.Cast(this=exp.column(s), to=exp.DataType.build("DOUBLE")),
@@ -297,11 +301,12 @@ class _Planner:
 
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
                         partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options))
-        plan.output_schema = _typecheck(plan, stream, sel)
+        plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)
         return plan
 
 
-def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select) -> pa.Schema:
+def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select,
+               numeric_inputs: list[tuple[str, exp.Expression]]) -> pa.Schema:
     """Run both SQL halves over empty inputs so type errors surface at CREATE time, not mid-stream."""
     from pondstream.operators.partials import first_partials  # runtime step shared with the operator
 
@@ -312,6 +317,11 @@ def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select) -> pa.Sche
         pre = ctx.sql(plan.pre_sql).to_arrow_table()
     except Exception as e:  # DataFusion reports planning errors as generic exceptions
         raise _df_error(e, sel.args.get("where") or sel) from None
+    for col, agg in numeric_inputs:
+        t = pre.schema.field(col).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+            raise at(agg, f"type error: {agg.sql_name()} needs a numeric argument, got {t}",
+                     f"CAST the argument, e.g. {agg.sql_name()}(CAST(x AS DOUBLE))")
     part = first_partials(plan, pre, ws=pa.array([], pa.int64()))
     win = part.append_column("__we", pa.array([], pa.timestamp("us")))
     try:

@@ -86,9 +86,11 @@ def parse_script(sql: str) -> list[Statement]:
         if tree is None:
             continue
         try:
-            out.append(_statement(tree))
+            stmt = _statement(tree)
         except SqlError as e:
             raise e.with_sql(sql) from None
+        stmt.script = sql  # the text line/column numbers refer to, for later (planning) errors
+        out.append(stmt)
     return out
 
 
@@ -111,7 +113,8 @@ def _statement(tree: exp.Expression) -> Statement:
         kind = (tree.args.get("kind") or "").upper()
         if kind not in ("STREAM", "VIEW"):
             raise at(tree, f"DROP {kind} is not supported", "use DROP STREAM or DROP MATERIALIZED VIEW")
-        return Drop(text, kind, tree.this.name, bool(tree.args.get("exists")))
+        target = tree.this or (tree.args.get("tables") or [None])[0]
+        return Drop(text, kind, target.name, bool(tree.args.get("exists")))
     if isinstance(tree, exp.Describe):
         return Describe(text, tree.this.name)
     if isinstance(tree, exp.Command):

@@ -1,0 +1,182 @@
+"""`pondstream`: run SQL pipelines, query their materialized views, inspect their state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pondstream.engine.api import Engine, EngineError, default_state_dir
+from pondstream.engine.output import render
+from pondstream.engine.runner import Progress, ts_text
+from pondstream.sql import SqlError
+from pondstream.state.store import StateLockedError
+
+DESCRIPTION = """\
+pondstream: streaming SQL with windowed materialized views.
+
+  pondstream run pipeline.sql           start (or resume) the views defined in a SQL file
+  pondstream query "SELECT ..."         query the views with SQL (DataFusion)
+  pondstream cat hourly_sales           print one view, optionally for a time range
+  pondstream status                     what each view has read, its watermark and output
+
+State (RocksDB, the view's Parquet files and their log) lives in --state-dir, by default
+$PONDSTREAM_STATE_DIR or ./pondstream-data.
+"""
+
+
+def _state_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help=f"where state and view files live (default: {default_state_dir()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pondstream", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the streams and views of a SQL file",
+                         description="Execute the statements of FILE, then run every materialized view. "
+                                     "Bounded sources (files, a generator with rows > 0) run to the end, emit "
+                                     "all windows and exit; unbounded ones run until Ctrl-C or SIGTERM, which "
+                                     "checkpoints and exits. Running again on the same state dir resumes.")
+    run.add_argument("file", help="SQL file with CREATE STREAM / CREATE MATERIALIZED VIEW statements")
+    _state_dir_arg(run)
+    run.add_argument("--reset", action="append", default=[], metavar="NAME",
+                     help="discard the state and output of view (or stream) NAME so a changed definition "
+                          "is accepted; repeatable")
+    run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS",
+                     help="how often state is committed and closed windows are written (default 1)")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+
+    q = sub.add_parser("query", help="run a SQL query over the materialized views",
+                       description="Run SQL over the views with DataFusion. Each view is a table showing "
+                                   "the latest version of every row; `FROM v VERSION AS OF 3` or "
+                                   "--as-of-version reads an older version. `<view>__late` holds late "
+                                   "events, `<stream>__errors` malformed records.")
+    q.add_argument("sql", help='e.g. "SELECT * FROM hourly_sales ORDER BY total DESC LIMIT 10"')
+    _state_dir_arg(q)
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv with header, or json (one object per line); timestamps ISO-8601")
+    q.add_argument("--as-of-version", type=int, default=None, metavar="N",
+                   help="read the views as they were at version N")
+
+    c = sub.add_parser("cat", help="print a view (or a late/errors series)",
+                       description="Print a view's rows in window and key order, optionally only the windows "
+                                   "starting in [--time-start, --time-end).")
+    c.add_argument("view")
+    _state_dir_arg(c)
+    c.add_argument("--time-start", metavar="T", help="e.g. '2026-01-01 10:00:00'")
+    c.add_argument("--time-end", metavar="T")
+    c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    s = sub.add_parser("status", help="progress of each view: position, watermark, windows, output",
+                       description="Show what the last (or running) pipeline has done, per view.")
+    _state_dir_arg(s)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _progress_printer(quiet: bool):
+    tty = sys.stderr.isatty()
+
+    def show(p: Progress) -> None:
+        if quiet:
+            return
+        line = (f"events {p.events:,}  {p.rate:,.0f}/s  watermark {ts_text(p.watermark)}  "
+                f"open windows {p.open_windows:,}  late {p.late:,}  bad {p.bad:,}  versions {p.versions:,}")
+        if tty:
+            sys.stderr.write("\r\033[K" + line)
+        elif p.checkpoints % 10 == 1:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_run(args) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise EngineError(f"SQL file {path} not found")
+    engine = Engine(args.state_dir)
+    with engine:
+        for msg in engine.execute(path.read_text(), reset=args.reset):
+            if isinstance(msg, str) and not args.quiet:
+                print(msg, file=sys.stderr)
+        stop = threading.Event()
+
+        def on_signal(signum, frame):
+            if stop.is_set():
+                raise KeyboardInterrupt
+            print("\nstopping: writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        progress = engine.run(stop, args.checkpoint_interval, _progress_printer(args.quiet))
+    if not args.quiet:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"done: {progress.events:,} events in {progress.checkpoints} checkpoints "
+              f"({progress.rate:,.0f}/s), {progress.versions} versions written, {progress.late} late, "
+              f"{progress.bad} bad records; state in {engine.state_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_query(args) -> int:
+    table = Engine(args.state_dir).query(args.sql, as_of_version=args.as_of_version)
+    sys.stdout.write(render(table, args.format))
+    return 0
+
+
+def cmd_cat(args) -> int:
+    table = Engine(args.state_dir).cat(args.view, args.time_start, args.time_end)
+    sys.stdout.write(render(table, args.format))
+    return 0
+
+
+def cmd_status(args) -> int:
+    st = Engine(args.state_dir).status()
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    print(f"state dir: {st['state_dir']}")
+    if "updated_at" in st:
+        print(f"last checkpoint {st.get('checkpoint')} at {st['updated_at']} (pid {st.get('pid')}); "
+              f"{st.get('events_this_run', 0):,} events in that run, {st.get('bad_records_this_run', 0)} bad")
+    for name, v in st.get("views", {}).items():
+        state = "finished" if v["finished"] else "running or stopped"
+        print(f"\n{name}  ({state})\n  source: {v['source']}\n  position: {json.dumps(v['position'])}\n"
+              f"  watermark: {v['watermark']}\n  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
+    if st.get("series"):
+        print("\nseries (queryable tables):")
+        for name, s in st["series"].items():
+            print(f"  {name}: {s['versions']} versions, {s['rows']:,} rows, last written {s['last_written_at']}")
+    if "updated_at" not in st:
+        print("no pipeline has run here yet: pondstream run FILE.sql")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status}[args.command](args)
+    except SqlError as e:
+        print(e.render(), file=sys.stderr)
+    except (EngineError, StateLockedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\naborted without a final checkpoint; the next run resumes from the last one", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

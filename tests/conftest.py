@@ -1,0 +1,78 @@
+"""Shared helpers: deterministic input files and an independent DuckDB answer to compare against."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from pondstream.engine import Engine
+
+START = datetime(2026, 1, 1, 0, 0, 0)
+PYTHON = sys.executable
+
+
+def make_orders(n: int, seed: int = 1, keys: int = 20, step_s: float = 2.0, disorder_s: float = 4.0,
+                start: datetime = START) -> list[dict]:
+    """Orders with event time advancing `step_s` per event, each jittered back by up to `disorder_s`."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        t = start + timedelta(seconds=i * step_s - rng.uniform(0, disorder_s))
+        rows.append({"order_id": i, "customer_id": f"c{rng.randrange(keys)}",
+                     "amount": round(rng.uniform(-20, 200), 2), "event_time": t.isoformat(sep=" ")})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def orders_stream(path: Path | str, fmt: str = "jsonl", delay: str = "INTERVAL '5' SECOND",
+                  extra: str = "", amount_type: str = "DOUBLE") -> str:
+    return f"""CREATE STREAM orders (
+    order_id BIGINT, customer_id VARCHAR, amount {amount_type}, event_time TIMESTAMP,
+    WATERMARK FOR event_time AS event_time - {delay}
+) WITH (connector = 'file', path = '{path}', format = '{fmt}'{extra});
+"""
+
+
+HOURLY = """CREATE MATERIALIZED VIEW hourly_sales AS
+SELECT TUMBLE_START(event_time, INTERVAL '1' HOUR) AS hour,
+       customer_id, COUNT(*) AS orders, SUM(amount) AS total, AVG(amount) AS avg_amount
+FROM orders WHERE amount > 0
+GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR), customer_id;
+"""
+
+
+def duck(sql: str, rows: list[dict]) -> pa.Table:
+    """DuckDB's batch answer over the same input, registered as table `orders`."""
+    con = duckdb.connect()
+    src = pa.Table.from_pylist(rows)
+    con.register("raw_orders", src)
+    con.execute("CREATE TABLE orders AS SELECT order_id::BIGINT AS order_id, customer_id::VARCHAR AS customer_id, "
+                "amount::DOUBLE AS amount, event_time::TIMESTAMP AS event_time FROM raw_orders")
+    return con.execute(sql).fetch_arrow_table()
+
+
+def canon(table: pa.Table, float_digits: int = 6) -> list[tuple]:
+    """Rows as sorted tuples with floats rounded, so two engines' answers compare exactly."""
+    out = []
+    for r in table.to_pylist():
+        out.append(tuple(round(v, float_digits) if isinstance(v, float) else v for v in r.values()))
+    return sorted(out, key=lambda t: tuple((x is None, str(x)) for x in t))
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine(tmp_path / "state")
+    yield e
+    e.close()
