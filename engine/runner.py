@@ -130,6 +130,7 @@ class Runner:
                            WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
             key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))
             if key not in groups:
+                self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
                 src = make_source(stream, meta.get("position"))
                 groups[key] = Group(stream, src, Watermark(stream.stmt.watermark_delay_us, meta.get("watermark")),
                                     [], meta.get("position"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from datetime import datetime, timedelta
@@ -58,17 +59,25 @@ def duck(sql: str, rows: list[dict]) -> pa.Table:
     con = duckdb.connect()
     src = pa.Table.from_pylist(rows)
     con.register("raw_orders", src)
-    con.execute("CREATE TABLE orders AS SELECT order_id::BIGINT AS order_id, customer_id::VARCHAR AS customer_id, "
+    con.sql("CREATE TABLE orders AS SELECT order_id::BIGINT AS order_id, customer_id::VARCHAR AS customer_id, "
                 "amount::DOUBLE AS amount, event_time::TIMESTAMP AS event_time FROM raw_orders")
-    return con.execute(sql).fetch_arrow_table()
+    return con.sql(sql).to_arrow_table()
 
 
-def canon(table: pa.Table, float_digits: int = 6) -> list[tuple]:
-    """Rows as sorted tuples with floats rounded, so two engines' answers compare exactly."""
-    out = []
-    for r in table.to_pylist():
-        out.append(tuple(round(v, float_digits) if isinstance(v, float) else v for v in r.values()))
-    return sorted(out, key=lambda t: tuple((x is None, str(x)) for x in t))
+class Approx(float):
+    """A float equal to another within summation-order noise (two engines add in different orders)."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-9, abs_tol=1e-9)
+
+    __hash__ = float.__hash__
+
+
+def canon(table: pa.Table) -> list[tuple]:
+    """Rows as tuples sorted by their non-float values; floats compare approximately."""
+    out = [tuple(Approx(v) if isinstance(v, float) else v for v in r.values()) for r in table.to_pylist()]
+    return sorted(out, key=lambda t: tuple((x is None, str(x) if not isinstance(x, float) else "")
+                                           for x in t) + tuple(round(x, 3) for x in t if isinstance(x, float)))
 
 
 @pytest.fixture

@@ -135,7 +135,10 @@ def test_stream_errors():
 
 def test_engine_refuses_changed_view_unless_reset(tmp_path):
     with Engine(tmp_path) as e:
-        e.execute(STREAM)
+        with pytest.raises(EngineError, match="cannot fill qty, ok"):
+            e.execute(STREAM)
+        e.execute("CREATE STREAM orders (order_id BIGINT, event_time TIMESTAMP, WATERMARK FOR event_time AS "
+                  "event_time) WITH (connector = 'generator', rows = '10')")
         v1 = ("CREATE MATERIALIZED VIEW v AS SELECT COUNT(*) AS n FROM orders "
               "GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR)")
         e.execute(v1)
