@@ -240,6 +240,8 @@ class Engine:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
         except sqlglot.errors.ParseError:
             tree = None
+        if isinstance(tree, exp.Command):  # EXPLAIN and friends: pass through with every table registered
+            tree = None
         registered: set[tuple[str, int | None]] = set()
 
         def register(name: str, as_of: int | None) -> str:

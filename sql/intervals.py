@@ -45,7 +45,7 @@ def parse_duration(text: str) -> int:
     return total
 
 
-def interval_us(node: exp.Expression) -> int:
+def interval_us(node: exp.Expression, allow_zero: bool = False) -> int:
     """Microseconds of an interval expression; a clear located error for anything else."""
     if isinstance(node, exp.Interval):
         value = node.this.name if node.this is not None else ""
@@ -55,7 +55,7 @@ def interval_us(node: exp.Expression) -> int:
             us = parse_duration(text)
         except ValueError as e:
             raise at(node, str(e), _HINT) from None
-        if us <= 0:
+        if us < 0 or (us == 0 and not allow_zero):
             raise at(node, f"interval must be positive, got {text!r}", _HINT)
         return us
     if isinstance(node, exp.Literal) and node.is_string:

@@ -188,6 +188,6 @@ def _watermark_delay(node: exp.Expression, col: str) -> int:
     if isinstance(node, exp.Column) and node.name.lower() == col.lower():
         return 0
     if isinstance(node, exp.Sub) and isinstance(node.this, exp.Column) and node.this.name.lower() == col.lower():
-        return interval_us(node.expression)
+        return interval_us(node.expression, allow_zero=True)
     raise at(node, f"unsupported watermark expression {node.sql()}",
              f"write WATERMARK FOR {col} AS {col} - INTERVAL '5' SECOND")
