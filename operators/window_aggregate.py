@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datafusion import SessionConfig, SessionContext
 
 from pondstream.operators.partials import first_partials
 from pondstream.operators.window import assign
-from pondstream.sql.planner import ViewPlan
+from pondstream.sql.planner import ViewPlan, session
 
 
 @dataclass
@@ -27,7 +26,7 @@ class WindowAggregate:
 
     def __init__(self, plan: ViewPlan) -> None:
         self.plan = plan
-        self.ctx = SessionContext(SessionConfig().with_target_partitions(1))
+        self.ctx = session()
 
     def process(self, batch: pa.Table, watermark_us: int | None) -> BatchResult:
         """`batch` carries a `__row` column; `watermark_us` is the watermark before this batch."""

@@ -68,6 +68,11 @@ class ViewPlan:
         return next((c for c, b in self.time_columns.items() if b == "start"), None)
 
 
+def session() -> SessionContext:
+    """DataFusion for per-batch work: one partition, output in one large batch."""
+    return SessionContext(SessionConfig().with_target_partitions(1).with_batch_size(1 << 20))
+
+
 def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
     """Check a view against the stream it reads and compile it; SqlError (located) on any problem."""
     try:
@@ -204,6 +209,9 @@ class _Planner:
             return inputs[text]
 
         def add(source: str | None, first: str, merge: str) -> str:
+            for p in partials:  # SUM(x) and AVG(x) share one sum partial
+                if (p.source, p.first) == (source, first):
+                    return p.name
             name = f"__p{len(partials)}"
             partials.append(Partial(name, source, first, merge))
             return name
@@ -310,7 +318,7 @@ def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select,
     """Run both SQL halves over empty inputs so type errors surface at CREATE time, not mid-stream."""
     from pondstream.operators.partials import first_partials  # runtime step shared with the operator
 
-    ctx = SessionContext(SessionConfig().with_target_partitions(1))
+    ctx = session()
     empty = pa.schema([pa.field("__row", pa.int64()), *stream.schema]).empty_table()
     try:
         ctx.register_record_batches("__batch", [empty.to_batches() or [pa.RecordBatch.from_pylist([], empty.schema)]])

@@ -1,0 +1,69 @@
+"""The command line as a user meets it: help, run, query formats, cat, status, and readable errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import PYTHON
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hourly_sales.sql"
+
+
+def cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([PYTHON, "-m", "pondstream.engine.cli", *args, "--state-dir", str(state)],
+                       capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_help_explains_commands():
+    p = subprocess.run([PYTHON, "-m", "pondstream.engine.cli", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0
+    for word in ("run", "query", "cat", "status", "PONDSTREAM_STATE_DIR"):
+        assert word in p.stdout
+
+
+def test_run_example_then_query_in_every_format(tmp_path):
+    state = tmp_path / "s"
+    run = cli("run", str(EXAMPLE), state=state)
+    assert "done: 200,000 events" in run.stderr
+    table = cli("query", "SELECT * FROM hourly_sales ORDER BY total DESC LIMIT 3", state=state).stdout
+    assert table.splitlines()[0].split("|")[0].strip() == "hour" and "(3 rows)" in table
+    rows = list(csv.DictReader(io.StringIO(
+        cli("query", "SELECT hour, customer_id, orders FROM hourly_sales ORDER BY hour, customer_id",
+            "--format", "csv", state=state).stdout)))
+    assert len(rows) > 100 and rows[0]["hour"].count("T") == 1 and int(rows[0]["orders"]) > 0
+    lines = cli("query", "SELECT hour, orders FROM hourly_sales LIMIT 2", "--format", "json", state=state).stdout
+    first = json.loads(lines.splitlines()[0])
+    assert set(first) == {"hour", "orders"} and "T" in first["hour"]
+    cat = cli("cat", "hourly_sales", "--time-start", "2026-01-01 02:00:00", "--time-end", "2026-01-01 03:00:00",
+              "--format", "csv", state=state).stdout
+    assert {r["hour"] for r in csv.DictReader(io.StringIO(cat))} == {"2026-01-01T02:00:00"}
+    status = json.loads(cli("status", "--json", state=state).stdout)
+    assert status["views"]["hourly_sales"]["finished"] is True
+    assert status["series"]["hourly_sales"]["rows"] == len(rows)
+    again = cli("run", str(EXAMPLE), state=state)  # resuming a finished pipeline reads nothing new
+    assert "done: 0 events" in again.stderr
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path):
+    bad = tmp_path / "bad.sql"
+    bad.write_text(EXAMPLE.read_text().replace("WHERE amount > 0", "WHERE amout > 0"))
+    p = cli("run", str(bad), state=tmp_path / "s", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    line = next(i for i, x in enumerate(bad.read_text().splitlines(), 1) if "amout" in x)
+    assert "unknown column amout" in p.stderr and f"line {line}, column 7" in p.stderr and "hint:" in p.stderr
+    cli("run", str(EXAMPLE), state=tmp_path / "s2")
+    changed = tmp_path / "changed.sql"
+    changed.write_text(EXAMPLE.read_text().replace("AVG(amount)", "MAX(amount)"))
+    p = cli("run", str(changed), state=tmp_path / "s2", check=False)
+    assert p.returncode == 1 and "--reset hourly_sales" in p.stderr
+    p = cli("run", str(changed), "--reset", "hourly_sales", state=tmp_path / "s2")
+    assert "done: 200,000 events" in p.stderr
+    q = cli("query", "SELECT * FROM nowhere", state=tmp_path / "s2", check=False)
+    assert q.returncode == 1 and "queryable tables: hourly_sales" in q.stderr and "Traceback" not in q.stderr
