@@ -35,6 +35,7 @@ from pondstream.state.store import StateStore, Txn
 from pondstream.state.window_state import WindowState, split_by_bound
 
 TS = pa.timestamp("us")
+EPOCH_EVENTS = 1_000_000  # also checkpoint after this many events, so memory does not grow with speed
 
 
 def late_series(view: str) -> str:
@@ -144,7 +145,7 @@ class Runner:
     def run(self, stop: threading.Event | None = None) -> Progress:
         """Until every bounded source ends (then all windows are emitted) or `stop` is set."""
         stop = stop or threading.Event()
-        last = time.monotonic()
+        last, last_events = time.monotonic(), 0
         while True:
             got = False
             for g in self.groups:
@@ -154,9 +155,10 @@ class Runner:
                         self._process(g, sb)
                         got = True
             done = self.finished or stop.is_set()
-            if done or time.monotonic() - last >= self.interval:
+            if (done or time.monotonic() - last >= self.interval
+                    or self.progress.events - last_events >= EPOCH_EVENTS):
                 self.checkpoint()
-                last = time.monotonic()
+                last, last_events = time.monotonic(), self.progress.events
             if done:
                 break
             if not got:

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pondstream.operators.decode import conform, csv_parser, decode_chunk, json_parser
-from pondstream.operators.source import Source, SourceBatch
+from pondstream.operators.source import Source, SourceBatch, bad_records
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -131,9 +132,6 @@ class FileSource(Source):
         bad = None
         nulls = table.column(self.event_time).null_count
         if nulls:
-            import pyarrow.compute as pc
-
-            from pondstream.operators.source import bad_records
             mask = pc.is_null(table.column(self.event_time))
             rows = table.filter(mask).to_pylist()
             bad = bad_records(name, [self.offset - 1] * nulls, [repr(r).encode() for r in rows],

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pondstream.operators.decode import conform
 from pondstream.operators.source import Source, SourceBatch
 from pondstream.sql.intervals import parse_duration
 
@@ -83,7 +84,6 @@ class GeneratorSource(Source):
         }
         lower = {n.lower(): n for n in self.schema.names}
         data = pa.table({lower[k]: v for k, v in cols.items() if k in lower})
-        from pondstream.operators.decode import conform
         self.next_row += n
         self.finished = self.bounded and self.next_row >= self.rows
         return SourceBatch(conform(data, self.schema), {"row": self.next_row})

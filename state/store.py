@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from rocksdict import AccessType, DBCompressionType, Options, ReadOptions, Rdict, WriteBatch
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch
 
 BIAS = 1 << 63
 
@@ -61,7 +61,7 @@ class StateStore:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_compression_type(DBCompressionType.lz4())
-        opts.set_write_buffer_size(64 << 20)
+        opts.set_write_buffer_size(16 << 20)  # bounds memtable memory: RSS stays flat
         try:
             if read_only:
                 self.db = Rdict(path, opts, access_type=AccessType.read_only())

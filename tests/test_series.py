@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pondstream.engine import Engine
+from pondstream.engine import Engine, EngineError
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
 
@@ -48,7 +48,7 @@ def test_time_range_query_opens_only_overlapping_files(tmp_path):
         if x["file"] not in keep:
             (series / x["file"]).write_bytes(b"garbage")
     assert e.query(q).column("n")[0].as_py() == expected
-    with pytest.raises(Exception):
+    with pytest.raises(EngineError, match="query failed"):
         e.query("SELECT SUM(orders) FROM hourly_sales")
     e.close()
 
@@ -87,8 +87,8 @@ def test_later_version_supersedes_and_as_of_reads_older(tmp_path):
                      "AND customer_id = 'c1'")
     assert latest.column("orders").to_pylist() == [999]
     n_rows = e.query("SELECT COUNT(*) AS n FROM hourly_sales").column("n")[0].as_py()
-    older = e.query("SELECT orders FROM hourly_sales VERSION AS OF {} WHERE hour = TIMESTAMP "
-                    "'2026-01-01 01:00:00' AND customer_id = 'c1'".format(v_before))
+    older = e.query(f"SELECT orders FROM hourly_sales VERSION AS OF {v_before} WHERE hour = TIMESTAMP "
+                    "'2026-01-01 01:00:00' AND customer_id = 'c1'")
     assert older.column("orders").to_pylist() != [999] and older.num_rows == 1
     assert e.query("SELECT COUNT(*) AS n FROM hourly_sales", as_of_version=v_before).column("n")[0].as_py() == n_rows
     e._open()  # recovery rewrites the log from RocksDB and deletes the uncommitted file

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from pondstream.engine import Engine, EngineError
-from pondstream.sql import CreateStream, CreateView, Describe, Drop, Show, SqlError, parse_script
+from pondstream.sql import CreateStream, Describe, Drop, Show, SqlError, parse_script
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import plan_view
 
