@@ -163,3 +163,19 @@ def test_generator_is_deterministic_and_matches_duckdb(tmp_path):
     raw = pa.concat_tables(parts)
     assert raw.num_rows == 30000
     assert canon(results[0]) == canon(duck(DUCK_HOURLY, raw.to_pylist()))
+
+
+def test_decimal_and_integer_aggregates_match_duckdb(engine, tmp_path):
+    rows = make_orders(3000, seed=13)
+    write_jsonl(tmp_path / "o.jsonl", rows)
+    ddl = orders_stream(tmp_path / "o.jsonl", amount_type="DECIMAL(12,2)") + """
+CREATE MATERIALIZED VIEW d AS
+SELECT TUMBLE_START(event_time, INTERVAL '30' MINUTE) AS ws, SUM(amount) AS total, MIN(amount) AS lo,
+       SUM(order_id) AS ids, AVG(order_id) AS mean_id, COUNT(*) AS n
+FROM orders GROUP BY TUMBLE(event_time, INTERVAL '30' MINUTE);"""
+    got = run_view(engine, ddl, "d", tmp_path)
+    assert pa.types.is_decimal(got.schema.field("total").type)
+    want = duck("""SELECT time_bucket(INTERVAL '30 minutes', event_time) AS ws,
+        SUM(amount::DECIMAL(12,2)) AS total, MIN(amount::DECIMAL(12,2)) AS lo, SUM(order_id)::BIGINT AS ids,
+        AVG(order_id) AS mean_id, COUNT(*) AS n FROM orders GROUP BY 1""", rows)
+    assert canon(got) == canon(want.cast(got.schema))
