@@ -6,6 +6,7 @@ runs in another process; DDL and `run` take the RocksDB lock.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -306,8 +307,6 @@ class Engine:
 
     def status(self) -> dict:
         """Progress of the last or current run (status.json) and per-view series figures."""
-        import json
-
         p = self.state_dir / "status.json"
         status = json.loads(p.read_text()) if p.exists() else {}
         status["state_dir"] = str(self.state_dir)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pondstream.state.store import StateStore, Txn, from_u64, prefix_end, u64
+from pondstream.state.store import StateStore, Txn, prefix_end, u64
 
 LOG = "_log.jsonl"
 META = "_series.json"
@@ -125,7 +125,3 @@ def _append_log(path: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def version_of(key: bytes) -> int:
-    return from_u64(key[-8:])
