@@ -179,3 +179,36 @@ FROM orders GROUP BY TUMBLE(event_time, INTERVAL '30' MINUTE);"""
         SUM(amount::DECIMAL(12,2)) AS total, MIN(amount::DECIMAL(12,2)) AS lo, SUM(order_id)::BIGINT AS ids,
         AVG(order_id) AS mean_id, COUNT(*) AS n FROM orders GROUP BY 1""", rows)
     assert canon(got) == canon(want.cast(got.schema))
+
+
+def test_glob_path_reads_matching_files_in_name_order(engine, tmp_path):
+    rows = make_orders(900, seed=17)
+    write_jsonl(tmp_path / "d" / "b.jsonl", rows[300:600])
+    write_jsonl(tmp_path / "d" / "a.jsonl", rows[:300])
+    write_jsonl(tmp_path / "d" / "c.jsonl", rows[600:])
+    write_jsonl(tmp_path / "d" / "skip.json", make_orders(50, seed=99))
+    got = run_view(engine, orders_stream("d/*.jsonl") + HOURLY, "hourly_sales", tmp_path)
+    assert canon(got) == canon(duck(DUCK_HOURLY, rows))
+
+
+def test_unbounded_rate_limited_generator_stops_on_request_and_resumes(tmp_path):
+    import threading
+
+    from pondstream.engine import Engine
+
+    ddl = """CREATE STREAM orders (order_id BIGINT, customer_id VARCHAR, amount DOUBLE, event_time TIMESTAMP,
+        WATERMARK FOR event_time AS event_time) WITH (connector = 'generator', rows = '0', rate = '20000',
+        step = '1 second', keys = '5');""" + HOURLY
+    stop = threading.Event()
+    with Engine(tmp_path / "s") as e:
+        e.execute(ddl)
+        threading.Timer(1.5, stop.set).start()
+        first = e.run(stop, checkpoint_interval=0.2)
+        assert 10_000 < first.events < 60_000  # paced near 20k/s, stopped by the request
+        n1 = e.query("SELECT SUM(orders) AS n FROM hourly_sales").column("n")[0].as_py()
+        assert n1 > 0
+        stop.clear()
+        threading.Timer(1.0, stop.set).start()
+        e.run(stop, checkpoint_interval=0.2)
+        pos = e.status()["views"]["hourly_sales"]["position"]["row"]
+        assert pos > first.events  # resumed after the first run's last checkpoint, not from zero
