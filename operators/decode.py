@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from pondstream.operators.source import BAD_RECORD_SCHEMA, bad_records
+from pondstream.operators.source import bad_records
 
 TS = pa.timestamp("us")
 _ZONED = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
@@ -108,38 +109,69 @@ def csv_parser(schema: pa.Schema, header: list[str]) -> Callable[[bytes], pa.Tab
     return parse
 
 
-def decode_chunk(chunk: bytes, base_offset: int, parse: Callable[[bytes], pa.Table], source: str,
-                 event_time: str) -> tuple[pa.Table, pa.Table | None]:
-    """(good rows, bad records). Bad: lines that do not parse or cast, and rows without event time."""
+@dataclass
+class Decoded:
+    """A decoded chunk: good rows, the line each came from, and the lines set aside (with why)."""
+
+    table: pa.Table | None
+    row_lines: np.ndarray  # line index (among non-empty lines) of each good row
+    bad: list[tuple[int, bytes, str]]  # (line index, raw bytes, error), in line order
+    starts: np.ndarray  # byte offset of each non-empty line, plus one past the end
+
+
+def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: str) -> Decoded:
+    """Decode a chunk of lines; bad lines (won't parse or cast, or lack event time) are isolated."""
+    starts = line_starts(chunk)
+    n_lines = len(starts) - 1
     try:
-        good_parts, bad = [parse(chunk)], []
-        starts = None
+        parts, bad_spans = [parse(chunk)], []
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        starts = line_starts(chunk)
-        good_parts, bad = [], []
-        _bisect(chunk, starts, 0, len(starts) - 1, parse, good_parts, bad)
-    good = pa.concat_tables(good_parts) if good_parts else None
-    null_ts = None
+        parts, bad_spans = [], []
+        _bisect(chunk, starts, 0, n_lines, parse, parts, bad_spans)
+    good = pa.concat_tables(parts) if parts else None
+    bad_idx = {i for i, _ in bad_spans}
+    lines = np.array([i for i in range(n_lines) if i not in bad_idx], np.int64) if bad_idx else np.arange(n_lines)
+    bad = [(i, _line(chunk, starts, i), err) for i, err in bad_spans]
+    if good is not None and len(lines) != good.num_rows:  # a blank-looking line decoded to no row
+        good, lines, bad = _line_by_line(chunk, starts, parse)
     if good is not None and good.column(event_time).null_count:
-        if starts is None:
-            starts = line_starts(chunk)
-        null_ts = pc.is_null(good.column(event_time)).combine_chunks()
-        # Rows map 1:1 to non-empty lines only on the fast path; after bisection map through good lines.
-        line_idx = np.flatnonzero(null_ts.to_numpy(zero_copy_only=False))
-        lines = _good_lines(starts, bad) if bad else np.arange(len(starts) - 1)
-        for i in line_idx:
-            a, b = int(starts[lines[i]]), int(starts[lines[i] + 1]) - 1
-            bad.append((a, chunk[a:b].rstrip(b"\r"), f"event time column {event_time} is null or missing"))
-        good = good.filter(pc.invert(null_ts))
-    if not bad:
-        return good, None
-    bad.sort()
-    return good, bad_records(source, [base_offset + b[0] for b in bad], [b[1] for b in bad], [b[2] for b in bad])
+        null_ts = pc.is_null(good.column(event_time)).combine_chunks().to_numpy(zero_copy_only=False)
+        msg = f"event time column {event_time} is null or missing"
+        bad += [(int(i), _line(chunk, starts, int(i)), msg) for i in lines[null_ts]]
+        good = good.filter(pa.array(~null_ts))
+        lines = lines[~null_ts]
+        bad.sort(key=lambda b: b[0])
+    return Decoded(good, lines, bad, starts)
 
 
-def _good_lines(starts: np.ndarray, bad: list[tuple[int, bytes, str]]) -> np.ndarray:
-    bad_starts = {b[0] for b in bad}
-    return np.array([i for i in range(len(starts) - 1) if int(starts[i]) not in bad_starts], dtype=np.int64)
+def _line_by_line(chunk: bytes, starts: np.ndarray, parse) -> tuple[pa.Table | None, np.ndarray, list]:
+    """The slow, exact path: one decode per line (only for chunks the fast path cannot map)."""
+    parts, lines, bad = [], [], []
+    for i in range(len(starts) - 1):
+        raw = _line(chunk, starts, i)
+        try:
+            t = parse(raw + b"\n")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            bad.append((i, raw, str(e).split("\n")[0][:300]))
+            continue
+        if t.num_rows == 1:
+            parts.append(t)
+            lines.append(i)
+    return (pa.concat_tables(parts) if parts else None), np.array(lines, np.int64), bad
+
+
+def _line(chunk: bytes, starts: np.ndarray, i: int) -> bytes:
+    return chunk[int(starts[i]): int(starts[i + 1]) - 1].rstrip(b"\r\n")
+
+
+def decode_chunk(chunk: bytes, base_offset: int, parse: Callable[[bytes], pa.Table], source: str,
+                 event_time: str) -> tuple[pa.Table | None, pa.Table | None]:
+    """(good rows, bad records with byte offsets) for a chunk of a file starting at `base_offset`."""
+    d = decode_lines(chunk, parse, event_time)
+    if not d.bad:
+        return d.table, None
+    return d.table, bad_records(source, [base_offset + int(d.starts[i]) for i, _, _ in d.bad],
+                                [raw for _, raw, _ in d.bad], [err for _, _, err in d.bad])
 
 
 def _bisect(chunk: bytes, starts: np.ndarray, lo: int, hi: int, parse, good: list, bad: list) -> None:
@@ -152,11 +184,9 @@ def _bisect(chunk: bytes, starts: np.ndarray, lo: int, hi: int, parse, good: lis
         return
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         if hi - lo == 1:
-            bad.append((a, chunk[a:b].rstrip(b"\r"), str(e).split("\n")[0][:300]))
+            bad.append((lo, str(e).split("\n")[0][:300]))
             return
     mid = (lo + hi) // 2
     _bisect(chunk, starts, lo, mid, parse, good, bad)
     _bisect(chunk, starts, mid, hi, parse, good, bad)
 
-
-EMPTY_BAD = BAD_RECORD_SCHEMA.empty_table()
