@@ -87,7 +87,8 @@ def _progress_printer(quiet: bool):
         if quiet:
             return
         line = (f"events {p.events:,}  {p.rate:,.0f}/s  watermark {ts_text(p.watermark)}  "
-                f"open windows {p.open_windows:,}  late {p.late:,}  bad {p.bad:,}  versions {p.versions:,}")
+                f"open windows {p.open_windows:,}  late {p.late:,}  bad {p.bad:,}  versions {p.versions:,}"
+                + (f"  !! {p.health}" if p.health else ""))
         if tty:
             sys.stderr.write("\r\033[K" + line)
         elif p.checkpoints % 10 == 1:

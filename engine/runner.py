@@ -29,6 +29,7 @@ from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
 from pondstream.operators.window import closing_bound
 from pondstream.operators.window_aggregate import WindowAggregate
+from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
@@ -103,6 +104,7 @@ class Progress:
     open_windows: int = 0
     versions: int = 0
     checkpoints: int = 0
+    health: str | None = None
 
     @property
     def rate(self) -> float:
@@ -133,8 +135,9 @@ class Runner:
             if key not in groups:
                 self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
                 src = make_source(stream, meta.get("position"))
-                groups[key] = Group(stream, src, Watermark(stream.stmt.watermark_delay_us, meta.get("watermark")),
-                                    [], meta.get("position"))
+                idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
+                wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
+                groups[key] = Group(stream, src, wm, [], meta.get("position"))
             groups[key].views.append(view)
         return list(groups.values())
 
@@ -154,6 +157,8 @@ class Runner:
                     if sb is not None:
                         self._process(g, sb)
                         got = True
+                    else:
+                        g.watermark.tick(g.source.partitions())  # idle partitions may release windows
             done = self.finished or stop.is_set()
             if (done or time.monotonic() - last >= self.interval
                     or self.progress.events - last_events >= EPOCH_EVENTS):
@@ -189,9 +194,11 @@ class Runner:
                 v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
                                                  .cast(TS)))
                 self.progress.late += rows.num_rows
-        max_ts = pc.max(data.column(g.stream.stmt.event_time))
-        if max_ts.is_valid:
-            g.watermark.observe(max_ts.cast(pa.int64()).as_py())
+        if sb.partition_max is not None:
+            g.watermark.observe(sb.partition_max, g.source.partitions())
+        else:
+            max_ts = pc.max(data.column(g.stream.stmt.event_time))
+            g.watermark.observe({"0": max_ts.cast(pa.int64()).as_py()} if max_ts.is_valid else {})
         self.progress.events += data.num_rows
 
     def checkpoint(self) -> None:
@@ -211,9 +218,12 @@ class Runner:
                 g.bad = []
         txn.put_meta("epoch", self.epoch)
         self.store.commit(txn)
+        for g in self.groups:
+            g.source.committed(g.position)
         wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
         self.progress.watermark = min(wms) if wms else None
         self.progress.open_windows = open_windows
+        self.progress.health = "; ".join(h for g in self.groups if (h := g.source.health())) or None
         self.progress.checkpoints += 1
         self._write_status()
         if self.on_progress:
@@ -239,18 +249,28 @@ class Runner:
             self.series.write(txn, late_series(v.plan.name), pa.concat_tables(v.late))
             v.meta["late"] = v.meta.get("late", 0) + sum(t.num_rows for t in v.late)
             v.late = []
-        v.meta.update(position=g.position, watermark=wm)
+        v.meta.update(position=g.position, watermark=wm, watermark_state=g.watermark.state())
         txn.put_meta(f"view/{v.plan.name}", v.meta)
 
     def _write_status(self) -> None:
         views = {}
         for g in self.groups:
             for v in g.views:
+                parts = g.source.partition_status()
+                for p in parts:
+                    m = g.watermark.max_event.get(str(p["partition"]))
+                    p["watermark"] = ts_text(None if m is None else m - g.watermark.delay_us)
+                    p["idle"] = g.watermark.idle(str(p["partition"]))
+                held = g.watermark.holding_back()
                 views[v.plan.name] = {
                     "stream": g.stream.stmt.name, "source": g.source.describe(),
                     "position": g.position, "watermark": ts_text(g.watermark.value),
+                    "held_back_by": None if g.source.finished or held is None else (
+                        f"partition {held}" + (" (no data yet)" if g.watermark.max_event.get(held) is None
+                                               else "")),
                     "open_windows": v.state.open_windows, "late": v.meta.get("late", 0),
                     "finished": bool(g.source.bounded and g.source.finished),
+                    "health": g.source.health(), "partitions": parts,
                 }
         status = {"pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "checkpoint": self.epoch, "events_this_run": self.progress.events,

@@ -8,12 +8,28 @@ from typing import Any
 import pyarrow as pa
 
 BAD_RECORD_SCHEMA = pa.schema([
-    ("source", pa.string()), ("offset", pa.int64()), ("raw", pa.binary()), ("error", pa.string()),
+    ("source", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()), ("raw", pa.binary()),
+    ("reason", pa.string()), ("error", pa.string()),
 ])
 
 
-def bad_records(source: str, offsets: list[int], raws: list[bytes], errors: list[str]) -> pa.Table:
-    return pa.table([[source] * len(offsets), offsets, raws, errors], schema=BAD_RECORD_SCHEMA)
+def reason(error: str) -> str:
+    """A short category to count malformed records by."""
+    e = error.lower()
+    if "null or missing" in e:
+        return "missing event time"
+    if "json parse error" in e and ("changed from" in e or "convert" in e):
+        return "wrong type"
+    if "json parse error" in e or "csv parse error" in e or "expected" in e and "columns" in e:
+        return "malformed"
+    return "wrong type"
+
+
+def bad_records(source: str, offsets: list[int], raws: list[bytes], errors: list[str],
+                partitions: list[int] | None = None) -> pa.Table:
+    parts = partitions if partitions is not None else [None] * len(offsets)
+    return pa.table([[source] * len(offsets), parts, offsets, raws, [reason(e) for e in errors], errors],
+                    schema=BAD_RECORD_SCHEMA)
 
 
 @dataclass
@@ -21,6 +37,7 @@ class SourceBatch:
     data: pa.Table  # columns exactly as the stream declares them
     position: dict[str, Any]  # where to resume after this batch
     bad: pa.Table | None = None  # malformed records (BAD_RECORD_SCHEMA), never silently dropped
+    partition_max: dict[str, int] | None = None  # max event time (µs) per partition, for multi-partition sources
 
 
 class Source:
@@ -35,6 +52,21 @@ class Source:
 
     def describe(self) -> str:
         return type(self).__name__
+
+    def partitions(self) -> list[str]:
+        """Partitions whose watermarks combine into the source's (one for files and the generator)."""
+        return ["0"]
+
+    def health(self) -> str | None:
+        """A problem worth showing in the progress line (e.g. broker unreachable), or None."""
+        return None
+
+    def partition_status(self) -> list[dict[str, Any]]:
+        """Per-partition offsets and lag for `pondstream status` (sources with partitions)."""
+        return []
+
+    def committed(self, position: dict[str, Any]) -> None:
+        """Called after a checkpoint with this position landed (e.g. to report offsets for lag monitoring)."""
 
     def close(self) -> None:
         """Release files or connections."""

@@ -1,6 +1,16 @@
-"""Event-time watermark of one source: max event time seen minus the declared delay; never moves back."""
+"""Event-time watermark of one source, per partition, combined by minimum; never moves back.
+
+Each partition's watermark is the max event time it has delivered minus the declared delay. The source's
+watermark is the minimum over partitions that are not idle, so one slow partition holds windows open
+(correctly), but a partition silent for longer than `idle_timeout` stops holding them back until it
+delivers again. When every partition is idle, the maximum is used (as Flink does), so a quiet topic still
+closes the windows it has fully delivered. Single-partition sources (files, the generator) use "0".
+"""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import numpy as np
 
@@ -8,14 +18,60 @@ END_OF_STREAM = np.iinfo(np.int64).max // 2  # far future, still safe to subtrac
 
 
 class Watermark:
-    def __init__(self, delay_us: int, value: int | None = None) -> None:
-        self.delay_us = delay_us
-        self.value = value  # None until the first event
+    def __init__(self, delay_us: int, idle_timeout_s: float = 30.0, state: dict[str, Any] | None = None) -> None:
+        self.delay_us, self.idle_timeout_s = delay_us, idle_timeout_s
+        state = state or {}
+        self.value: int | None = state.get("value")
+        self.max_event: dict[str, int | None] = dict(state.get("partitions", {}))
+        now = time.monotonic()
+        self.last_seen: dict[str, float] = {p: now for p in self.max_event}
 
-    def observe(self, max_event_us: int) -> None:
-        candidate = max_event_us - self.delay_us
-        if self.value is None or candidate > self.value:
+    def state(self) -> dict[str, Any]:
+        return {"value": self.value, "partitions": self.max_event}
+
+    def observe(self, partition_max: dict[str, int], partitions: list[str] | None = None) -> None:
+        """Record the max event time per partition in a batch (and which partitions exist)."""
+        now = time.monotonic()
+        for p, ts in partition_max.items():
+            prev = self.max_event.get(p)
+            self.max_event[p] = ts if prev is None else max(prev, ts)
+            self.last_seen[p] = now
+        self.tick(partitions)
+
+    def tick(self, partitions: list[str] | None = None) -> None:
+        """Re-evaluate (also without data): partitions may have become idle."""
+        now = time.monotonic()
+        for p in partitions or []:
+            if p not in self.max_event:
+                self.max_event[p] = None
+                self.last_seen[p] = now
+        candidate = self._combined(now)
+        if candidate is not None and (self.value is None or candidate > self.value):
             self.value = candidate
+
+    def idle(self, partition: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - self.last_seen.get(partition, now) >= self.idle_timeout_s
+
+    def _combined(self, now: float) -> int | None:
+        active = [p for p in self.max_event if not self.idle(p, now)]
+        if active:
+            if any(self.max_event[p] is None for p in active):
+                return None  # an active partition has not delivered yet: it may hold anything
+            return min(self.max_event[p] for p in active) - self.delay_us
+        seen = [m for m in self.max_event.values() if m is not None]
+        return max(seen) - self.delay_us if seen else None
+
+    def holding_back(self) -> str | None:
+        """The partition that currently determines the watermark (the answer to 'why no output?')."""
+        now = time.monotonic()
+        active = [p for p in self.max_event if not self.idle(p, now)]
+        if not active:
+            return None
+        waiting = [p for p in active if self.max_event[p] is None]
+        if waiting:
+            return waiting[0]
+        return min(active, key=lambda p: self.max_event[p])
 
     def finish(self) -> None:
         """A bounded source ended: every window is complete."""

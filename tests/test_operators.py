@@ -37,16 +37,39 @@ def test_hop_assignment_matches_brute_force():
 def test_watermark_never_moves_back_and_closes_windows():
     wm = Watermark(delay_us=5)
     assert wm.value is None
-    wm.observe(100)
-    wm.observe(50)  # out of order: no retreat
+    wm.observe({"0": 100})
+    wm.observe({"0": 50})  # out of order: no retreat
     assert wm.value == 95
-    wm.observe(120)
+    wm.observe({"0": 120})
     assert wm.value == 115
     spec = WindowSpec("tumble", 10, 10)
     bound = closing_bound(wm.value, spec)
     assert [w for w in range(0, 200, 10) if w <= bound] == [w for w in range(0, 200, 10) if w + 10 <= 115]
     wm.finish()
     assert closing_bound(wm.value, spec) > 10**15
+
+
+def test_partition_watermarks_combine_by_minimum_and_idle_partitions_stop_holding_back(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("pondstream.operators.watermark.time.monotonic", lambda: clock[0])
+    wm = Watermark(delay_us=10, idle_timeout_s=30)
+    wm.observe({"0": 500}, ["0", "1", "2"])
+    assert wm.value is None and wm.holding_back() == "1"  # partitions 1 and 2 have delivered nothing
+    wm.observe({"1": 300, "2": 900}, ["0", "1", "2"])
+    assert wm.value == 290 and wm.holding_back() == "1"
+    clock[0] += 20
+    wm.observe({"0": 700, "2": 950}, ["0", "1", "2"])
+    assert wm.value == 290  # partition 1 is quiet but not yet idle
+    clock[0] += 15
+    wm.tick(["0", "1", "2"])
+    assert wm.value == 690 and wm.idle("1")  # 35 s without data: partition 1 no longer holds back
+    wm.observe({"1": 400}, ["0", "1", "2"])
+    assert wm.value == 690  # back from idle with old data: the watermark does not move back
+    clock[0] += 100
+    wm.tick(["0", "1", "2"])
+    assert wm.value == 940  # all idle: the max, so a quiet topic still closes what it delivered
+    restored = Watermark(10, 30, wm.state())
+    assert restored.value == 940 and restored.max_event == wm.max_event
 
 
 PLAN = None
