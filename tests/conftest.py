@@ -85,3 +85,15 @@ def engine(tmp_path):
     e = Engine(tmp_path / "state")
     yield e
     e.close()
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One local broker for the session, on a free loopback port: yields its bootstrap address."""
+    from pondstream.engine.kafka_tools import free_port, start_broker
+
+    port = free_port()
+    proc = start_broker(port)
+    yield proc, f"127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()

@@ -1,0 +1,160 @@
+"""Kafka in: bounded backfills, per-partition watermarks, dead letters, clear start-up errors, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from pondstream.engine import Engine, EngineError
+from pondstream.engine.kafka_tools import ensure_topic
+
+from conftest import HOURLY, PYTHON, canon, duck, make_orders
+from kafka_helpers import kafka_stream, produce_more, produce_rows
+
+DUCK_HOURLY = """SELECT time_bucket(INTERVAL '1 hour', event_time) AS hour, customer_id, COUNT(*) AS orders,
+       SUM(amount) AS total, AVG(amount) AS avg_amount FROM orders WHERE amount > 0 GROUP BY 1, 2"""
+
+
+def test_backfill_over_four_partitions_matches_duckdb(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(8000, seed=31, step_s=2.0, disorder_s=4.0)
+    produce_rows(bs, "backfill", rows)
+    with Engine(tmp_path / "s") as e:
+        e.execute(kafka_stream(bs, "backfill", ", scan_bounded = 'latest', batch_size = '1000'") + HOURLY)
+        p = e.run(checkpoint_interval=0.05)
+        assert p.events == len(rows) and p.late == 0
+        assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows))
+        st = e.status()["views"]["hourly_sales"]
+        assert [x["partition"] for x in st["partitions"]] == [0, 1, 2, 3]
+        assert all(x["offset"] == 2000 for x in st["partitions"])
+
+
+def test_malformed_messages_go_to_dead_letters_with_partition_and_offset(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(400, seed=32)
+    raw = {5: b"{oops", 10: json.dumps({**rows[10], "amount": "lots"}).encode(),
+           15: json.dumps({**rows[15], "event_time": None}).encode(), 21: b"\xff\xfe"}
+    parts = produce_rows(bs, "dirty", rows, raw=raw)
+    with Engine(tmp_path / "s") as e:
+        e.execute(kafka_stream(bs, "dirty", ", scan_bounded = 'latest'") + HOURLY)
+        e.run(checkpoint_interval=0.0)
+        dl = e.query('SELECT source, "partition", "offset", raw, reason FROM orders__errors ORDER BY "partition", "offset"')
+        got = [(r["partition"], r["offset"], r["raw"]) for r in dl.to_pylist()]
+        want = sorted((parts[i], i // 4, raw[i]) for i in raw)
+        assert got == want and set(dl.column("source").to_pylist()) == {"dirty"}
+        reasons = dict(zip([r[2] for r in got], dl.column("reason").to_pylist(), strict=True))
+        assert reasons[raw[15]] == "missing event time" and reasons[raw[5]] == "malformed"
+        good = [r for i, r in enumerate(rows) if i not in raw]
+        assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, good))
+
+
+def test_missing_topic_and_unreachable_broker_are_clear_errors(broker, tmp_path):
+    _, bs = broker
+    with Engine(tmp_path / "s") as e:
+        with pytest.raises(EngineError, match="topic 'nope' does not exist"):
+            e.execute(kafka_stream(bs, "nope"))
+        with pytest.raises(EngineError, match="cannot reach Kafka at 127.0.0.1:1"):
+            e.execute(kafka_stream("127.0.0.1:1", "orders"))
+
+
+def test_idle_partition_stops_holding_back_the_watermark(broker, tmp_path):
+    """Only partition 0 gets data; with a 1 s idle timeout the other three stop holding windows open."""
+    _, bs = broker
+    ensure_topic(bs, "quiet", 4)
+    rows = make_orders(3000, seed=33, step_s=3.0, disorder_s=0.0)
+    p = Producer({"bootstrap.servers": bs, "log_level": 0})
+    for r in rows:
+        p.produce("quiet", json.dumps(r).encode(), partition=0)
+    p.flush(30)
+    stop = threading.Event()
+    with Engine(tmp_path / "s") as e:
+        e.execute(kafka_stream(bs, "quiet", ", idle_timeout = '1 second'") + HOURLY)
+        threading.Timer(4.0, stop.set).start()
+        e.run(stop, checkpoint_interval=0.2)
+        hours = e.query("SELECT COUNT(DISTINCT hour) AS n FROM hourly_sales").column("n")[0].as_py()
+        assert hours >= 2  # windows closed although partitions 1-3 never delivered anything
+
+
+def test_kill_restart_from_kafka_is_exactly_once(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(20000, seed=34, step_s=2.0, disorder_s=4.0)
+    produce_rows(bs, "crashy", rows)
+    sql = tmp_path / "p.sql"
+    sql.write_text(kafka_stream(bs, "crashy", ", scan_bounded = 'latest', batch_size = '300'") + HOURLY)
+    cmd = [PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet", "--checkpoint-interval", "0.02"]
+    rng = random.Random(7)
+    want = canon(duck(DUCK_HOURLY, rows))
+    kills = 0
+    for trial in range(3):
+        state = tmp_path / f"t{trial}"
+        for _ in range(40):
+            proc = subprocess.Popen([*cmd, "--state-dir", str(state)], stderr=subprocess.PIPE)
+            try:
+                proc.wait(timeout=rng.uniform(1.0, 2.6))
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+            break
+        with Engine(state) as e:
+            got = e.query("SELECT * FROM hourly_sales")
+            assert canon(got) == want, f"trial {trial}"
+    assert kills >= 3
+
+
+def _status(state) -> dict:
+    try:
+        return json.loads((state / "status.json").read_text())["views"]["hourly_sales"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return {}
+
+
+def _wait(cond, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_broker_outage_is_reported_and_survived(broker, tmp_path):
+    """Stop the broker mid-run (SIGSTOP keeps its data), see the outage reported, resume, lose nothing."""
+    proc_broker, bs = broker
+    rows = make_orders(6000, seed=35, step_s=2.0, disorder_s=4.0)
+    first, second = rows[:3000], rows[3000:]
+    produce_rows(bs, "outage", first)
+    sql = tmp_path / "p.sql"
+    sql.write_text(kafka_stream(bs, "outage", ", idle_timeout = '1 hour'") + HOURLY)
+    state = tmp_path / "s"
+    run = subprocess.Popen([PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--state-dir", str(state),
+                            "--checkpoint-interval", "0.1"], stderr=subprocess.PIPE, text=True)
+    offsets = lambda: sum(p["offset"] for p in _status(state).get("partitions", []))  # noqa: E731
+    _wait(lambda: offsets() == len(first), "the first half to be read")
+    os.kill(proc_broker.pid, signal.SIGSTOP)  # the broker stops answering; its data stays
+    try:
+        health = _wait(lambda: _status(state).get("health"), "the outage to be reported")
+    finally:
+        os.kill(proc_broker.pid, signal.SIGCONT)
+    assert "unreachable" in health and "retrying" in health
+    produce_more(bs, "outage", second, start_index=len(first))
+    _wait(lambda: offsets() == len(rows) and not _status(state).get("health"), "recovery and the second half")
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 0, run.stderr.read()[-2000:]
+    wm = _status(state)["watermark"]
+    with Engine(state) as e:
+        got = e.query("SELECT * FROM hourly_sales")
+    want = duck(DUCK_HOURLY + f" HAVING time_bucket(INTERVAL '1 hour', event_time) + INTERVAL '1 hour' "
+                f"<= TIMESTAMP '{wm}'", rows)
+    assert want.num_rows > 20 and canon(got) == canon(want)
