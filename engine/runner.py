@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
+from pondstream.operators.kafka_sink import KafkaSink
 from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
@@ -83,6 +85,7 @@ class ViewRun:
     meta: dict[str, Any]
     pending: list[pa.Table] = field(default_factory=list)
     late: list[pa.Table] = field(default_factory=list)
+    sink: KafkaSink | None = None
 
 
 @dataclass
@@ -134,6 +137,10 @@ class Runner:
             meta = self.store.get_meta(f"view/{name}", {})
             view = ViewRun(plan, WindowAggregate(plan),
                            WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
+            if plan.options.get("sink_topic"):
+                fallback = {"bootstrap_servers": stream.stmt.options.get("bootstrap_servers", "")}
+                view.sink = KafkaSink(name, {**fallback, **plan.options}, plan.identity_columns)
+                self._catch_up_sink(view)
             key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))
             if key not in groups:
                 self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
@@ -246,14 +253,31 @@ class Runner:
         if closed is not None and closed.num_rows:
             out = v.op.finalize(closed)
             if out.num_rows:
-                self.series.write(txn, v.plan.name, out)
+                entry = self.series.write(txn, v.plan.name, out)
                 self.progress.versions += 1
+                if v.sink is not None:
+                    txn.after_commit.append(lambda v=v, out=out, n=entry["version"]: self._publish(v, out, n))
         if v.late:
             self.series.write(txn, late_series(v.plan.name), pa.concat_tables(v.late))
             v.meta["late"] = v.meta.get("late", 0) + sum(t.num_rows for t in v.late)
             v.late = []
         v.meta.update(position=g.position, watermark=wm, watermark_state=g.watermark.state())
         txn.put_meta(f"view/{v.plan.name}", v.meta)
+
+    def _publish(self, v: ViewRun, table: pa.Table, version: int) -> None:
+        """After the version's checkpoint landed: send it, then record it as sent (at-least-once)."""
+        v.sink.publish(table, version)
+        txn = Txn()
+        txn.put_meta(f"sink/{v.plan.name}", version)
+        self.store.commit(txn)
+
+    def _catch_up_sink(self, v: ViewRun) -> None:
+        """Versions committed but not yet recorded as published (a crash in between): send them again."""
+        done = int(self.store.get_meta(f"sink/{v.plan.name}", 0))
+        for entry in self.series.entries(v.plan.name):
+            if entry["version"] > done:
+                table = pq.read_table(self.series.root / v.plan.name / entry["file"]).drop_columns(["_version"])
+                self._publish(v, table, entry["version"])
 
     def _write_status(self) -> None:
         views = {}
