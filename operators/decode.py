@@ -85,12 +85,16 @@ def json_parser(schema: pa.Schema) -> Callable[[bytes], pa.Table]:
     millis = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in schema])
     as_millis = pjson.ParseOptions(explicit_schema=millis, unexpected_field_behavior="ignore")
 
+    order = [as_text, as_millis]  # whichever worked last goes first: a stream rarely switches
+
     def parse(chunk: bytes) -> pa.Table:
         opts = pjson.ReadOptions(block_size=max(len(chunk) + 1, 1 << 20), use_threads=False)
         try:
-            return conform(pjson.read_json(io.BytesIO(chunk), read_options=opts, parse_options=as_text), schema)
+            return conform(pjson.read_json(io.BytesIO(chunk), read_options=opts, parse_options=order[0]), schema)
         except pa.ArrowInvalid:
-            return conform(pjson.read_json(io.BytesIO(chunk), read_options=opts, parse_options=as_millis), schema)
+            table = conform(pjson.read_json(io.BytesIO(chunk), read_options=opts, parse_options=order[1]), schema)
+            order.reverse()
+            return table
 
     return parse
 

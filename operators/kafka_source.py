@@ -184,8 +184,9 @@ class KafkaSource(Source):
         offs = np.fromiter(map(Message.offset, msgs), np.int64, len(msgs))
         values = list(map(Message.value, msgs))
         if self.bounded:  # a backfill stops at the end offsets seen at start
-            ends = np.array([self.ends.get(int(p), 0) for p in parts], np.int64)
-            keep = offs < ends
+            end_of = np.zeros(max(self.ends) + 1, np.int64)
+            end_of[list(self.ends)] = list(self.ends.values())
+            keep = offs < end_of[parts]
             if not keep.all():
                 parts, offs = parts[keep], offs[keep]
                 values = [v for v, k in zip(values, keep, strict=True) if k]
@@ -203,7 +204,8 @@ class KafkaSource(Source):
         return self._decode(values, parts, offs, position)
 
     def _decode(self, values: list, parts: np.ndarray, offs: np.ndarray, position: dict) -> SourceBatch:
-        values = [b"null" if v is None else v for v in values]
+        if None in values or b"" in values:  # tombstones and empty messages: one line each, still
+            values = [v or b"null" for v in values]
         chunk = b"\n".join(values) + b"\n"
         if chunk.count(b"\n") != len(values):  # a message with embedded newlines (pretty-printed JSON)
             values = [v.replace(b"\r", b" ").replace(b"\n", b" ") for v in values]
