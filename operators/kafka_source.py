@@ -66,7 +66,8 @@ class KafkaSource(Source):
         self.consumer = Consumer(kafka_config(
             options, **{"group.id": options.get("group_id", "pondstream"), "enable.auto.commit": False,
                         "enable.auto.offset.store": False, "queued.min.messages": 1_000_000,
-                        "enable.partition.eof": False, "error_cb": self._on_error}))
+                        "enable.partition.eof": False, "error_cb": self._on_error,
+                        "statistics.interval.ms": 1000, "stats_cb": lambda _stats: None}))
         pos = position or {}
         self.offsets: dict[int, int] = {int(p): int(o) for p, o in pos.get("offsets", {}).items()}
         self.ends: dict[int, int] = {int(p): int(o) for p, o in pos.get("ends", {}).items()}
@@ -74,7 +75,6 @@ class KafkaSource(Source):
         self.drained: set[int] = set()  # bounded: partitions read up to their end offset
         self._assign(self._partitions(timeout=10.0), first=not pos)
         self._refreshed = time.monotonic()
-        self._end_cache: tuple[float, dict[int, int]] = (0.0, {})
         self.finished = self.bounded and self._all_done()
 
     # -- connection and partitions --------------------------------------------------------------
@@ -242,18 +242,15 @@ class KafkaSource(Source):
                 pass
 
     def partition_status(self) -> list[dict[str, Any]]:
-        at, ends = self._end_cache
-        if time.monotonic() - at > 5.0 and self.down_since is None:
-            ends = {}
-            for p in sorted(self.assigned):
-                try:
-                    ends[p] = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=0.5)[1]
-                except KafkaException:
-                    break
-            self._end_cache = (time.monotonic(), ends)
+        """Offsets and lag per partition; end offsets come from librdkafka's cache of fetch responses
+        (no request to the broker, so status stays cheap, and correct while the broker is down)."""
         out = []
         for p in sorted(self.assigned):
-            end = ends.get(p)
+            try:
+                end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)[1]
+            except KafkaException:
+                end = None
+            end = None if end is None or end < 0 else end
             off = self.offsets.get(p, 0)
             out.append({"partition": p, "offset": off, "end_offset": end,
                         "lag": None if end is None else max(end - off, 0)})

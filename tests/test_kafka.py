@@ -85,20 +85,25 @@ def test_idle_partition_stops_holding_back_the_watermark(broker, tmp_path):
 
 def test_kill_restart_from_kafka_is_exactly_once(broker, tmp_path):
     _, bs = broker
-    rows = make_orders(20000, seed=34, step_s=2.0, disorder_s=4.0)
+    rows = make_orders(30000, seed=34, step_s=2.0, disorder_s=4.0)
     produce_rows(bs, "crashy", rows)
     sql = tmp_path / "p.sql"
-    sql.write_text(kafka_stream(bs, "crashy", ", scan_bounded = 'latest', batch_size = '300'") + HOURLY)
+    sql.write_text(kafka_stream(bs, "crashy", ", scan_bounded = 'latest', batch_size = '150'") + HOURLY)
     cmd = [PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet", "--checkpoint-interval", "0.02"]
     rng = random.Random(7)
     want = canon(duck(DUCK_HOURLY, rows))
+    t0 = time.monotonic()  # an uninterrupted run first: its duration calibrates when to kill
+    subprocess.run([*cmd, "--state-dir", str(tmp_path / "ref")], check=True, timeout=300)
+    full = time.monotonic() - t0
+    with Engine(tmp_path / "ref") as e:
+        assert canon(e.query("SELECT * FROM hourly_sales")) == want
     kills = 0
     for trial in range(3):
         state = tmp_path / f"t{trial}"
         for _ in range(40):
             proc = subprocess.Popen([*cmd, "--state-dir", str(state)], stderr=subprocess.PIPE)
             try:
-                proc.wait(timeout=rng.uniform(1.0, 2.6))
+                proc.wait(timeout=rng.uniform(0.3, 0.9) * full)
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -228,3 +233,26 @@ def test_sink_republishes_versions_not_recorded_as_sent(broker, tmp_path):
     msgs = _consume_all(bs, "hourly_out2", 2 * n)
     assert len(msgs) == 2 * n  # at-least-once: every row twice, with the same key and version
     assert len({(m.key(), json.loads(m.value())["_version"]) for m in msgs}) == n
+
+
+def test_cli_produce_run_and_status_per_partition(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(1200, seed=38, step_s=5.0)
+    data = tmp_path / "orders.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli = [PYTHON, "-m", "pondstream.engine.cli"]
+    out = subprocess.run([*cli, "produce", "cli_orders", str(data), "--bootstrap-servers", bs, "--partitions", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "produced 1,200 messages" in out.stderr
+    sql = tmp_path / "p.sql"
+    sql.write_text(kafka_stream(bs, "cli_orders", ", scan_bounded = 'latest'") + HOURLY)
+    state = str(tmp_path / "s")
+    assert subprocess.run([*cli, "run", str(sql), "--state-dir", state], capture_output=True, timeout=120).returncode == 0
+    st = json.loads(subprocess.run([*cli, "status", "--json", "--state-dir", state], capture_output=True,
+                                   text=True, timeout=60).stdout)["views"]["hourly_sales"]
+    assert [(p["partition"], p["offset"], p["end_offset"], p["lag"]) for p in st["partitions"]] == \
+        [(0, 400, 400, 0), (1, 400, 400, 0), (2, 400, 400, 0)]
+    text = subprocess.run([*cli, "status", "--state-dir", state], capture_output=True, text=True, timeout=60).stdout
+    assert "partition 2: offset 400  end 400  lag 0" in text
+    with Engine(state) as e:
+        assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows))
