@@ -147,7 +147,8 @@ class Runner:
                 src = make_source(stream, meta.get("position"))
                 idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
                 wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
-                groups[key] = Group(stream, src, wm, [], meta.get("position"))
+                # A source that resolved its start (Kafka 'latest'/'timestamp') has that in the first checkpoint.
+                groups[key] = Group(stream, src, wm, [], meta.get("position") or src.position())
             groups[key].views.append(view)
         return list(groups.values())
 
@@ -229,7 +230,8 @@ class Runner:
         txn.put_meta("epoch", self.epoch)
         self.store.commit(txn)
         for g in self.groups:
-            g.source.committed(g.position)
+            if g.position is not None:
+                g.source.committed(g.position)
         wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
         self.progress.watermark = min(wms) if wms else None
         self.progress.open_windows = open_windows

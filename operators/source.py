@@ -53,6 +53,10 @@ class Source:
     def describe(self) -> str:
         return type(self).__name__
 
+    def position(self) -> dict[str, Any] | None:
+        """Where this source stands before any batch (sources that resolve a start point say so here)."""
+        return None
+
     def partitions(self) -> list[str]:
         """Partitions whose watermarks combine into the source's (one for files and the generator)."""
         return ["0"]

@@ -256,3 +256,40 @@ def test_cli_produce_run_and_status_per_partition(broker, tmp_path):
     assert "partition 2: offset 400  end 400  lag 0" in text
     with Engine(state) as e:
         assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows))
+
+
+def test_scan_startup_latest_and_timestamp(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(800, seed=39, step_s=5.0)
+    produce_rows(bs, "startup", rows[:400])
+    time.sleep(0.3)
+    cut_ms = int(time.time() * 1000)
+    time.sleep(0.3)
+    produce_more(bs, "startup", rows[400:], start_index=400)
+    with Engine(tmp_path / "ts") as e:  # from a timestamp: only what was produced after it
+        e.execute(kafka_stream(bs, "startup", f", scan_startup = 'timestamp', scan_startup_timestamp = '{cut_ms}', "
+                                              "scan_bounded = 'latest'") + HOURLY)
+        assert e.run(checkpoint_interval=0.0).events == 400
+        assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows[400:]))
+    with Engine(tmp_path / "latest") as e:  # from the end: nothing that exists at start
+        e.execute(kafka_stream(bs, "startup", ", scan_startup = 'latest'") + HOURLY)
+        stop = threading.Event()
+        threading.Timer(2.0, stop.set).start()
+        late_rows = make_orders(40, seed=40, step_s=5.0)
+        threading.Timer(0.8, lambda: produce_more(bs, "startup", late_rows, start_index=800)).start()
+        assert e.run(stop, checkpoint_interval=0.1).events == 40
+
+
+def test_csv_messages(broker, tmp_path):
+    _, bs = broker
+    rows = make_orders(600, seed=41, step_s=4.0)
+    ensure_topic(bs, "csv_orders", 2)
+    p = Producer({"bootstrap.servers": bs, "log_level": 0})
+    for i, r in enumerate(rows):
+        p.produce("csv_orders", f"{r['order_id']},{r['customer_id']},{r['amount']},{r['event_time']}".encode(),
+                  partition=i % 2)
+        p.flush(10)
+    with Engine(tmp_path / "s") as e:
+        e.execute(kafka_stream(bs, "csv_orders", ", scan_bounded = 'latest'").replace("'json'", "'csv'") + HOURLY)
+        e.run(checkpoint_interval=0.0)
+        assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows))
