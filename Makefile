@@ -28,3 +28,13 @@ bench: install
 	$(BIN)/python bench/bench_spine.py
 
 .PHONY: install demo test lint bench
+
+bench-kafka: install
+	$(BIN)/python bench/bench_kafka.py
+
+# Quix Streams pins an older confluent-kafka, so it gets a venv of its own for the comparison.
+bench-quix-env:
+	$(PY) -m venv bench/.venv-quix
+	bench/.venv-quix/bin/pip install -q quixstreams==3.28.1
+
+.PHONY: bench-kafka bench-quix-env

@@ -4,8 +4,9 @@ batch consume of the same topic + pyarrow JSON decode + a pyarrow group-by per b
 
     python bench/bench_kafka.py [--events 2000000]
 
-Needs the broker extra (pip install 'pondstream[broker]'). If Quix Streams is installed it is reported
-as not run: its consumer-group start-up on this broker (~20 s rebalance) would dominate the figure.
+Needs the broker extra (pip install 'pondstream[broker]'). With Quix Streams set up in its own venv
+(`make bench-quix-env`; it pins an older confluent-kafka) the same window runs in Quix on the same topic
+and the ratio is printed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 VIEW = """CREATE MATERIALIZED VIEW per_minute AS
 SELECT TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS minute, customer_id, COUNT(*) AS n, SUM(amount) AS total
@@ -44,7 +46,7 @@ def produce(bs: str, topic: str, events: int) -> None:
             p.flush(60)  # each partition's last message in its own batch (exact end offsets on this broker)
         while True:
             try:
-                p.produce(topic, msg, partition=i % 4)
+                p.produce(topic, msg, key=b"c%05d" % keys[i], partition=i % 4)  # keyed, for Quix
                 break
             except BufferError:
                 p.poll(0.05)
@@ -108,6 +110,9 @@ print(json.dumps({{"events": p.events, "seconds": secs, "run_seconds": run_s, "e
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--quix-python", default=str(Path(__file__).with_name(".venv-quix") / "bin" / "python"),
+                    help="a Python with quixstreams installed (default: bench/.venv-quix, see make bench-quix-env)")
+    ap.add_argument("--quix-events", type=int, default=500_000, help="events Quix processes (it is slow)")
     args = ap.parse_args()
     from pondstream.engine.kafka_tools import free_port, start_broker
 
@@ -127,11 +132,20 @@ def main() -> None:
               f"final query) = {view['events_per_s'] / ceil['events_per_s']:.0%} of ceiling")
         print(f"  {view['rows']:,} rows in the view; peak RSS {view['peak_rss_mb']:.0f} MB "
               f"(librdkafka prefetches up to queued.min.messages per partition)")
-        try:
-            import quixstreams  # noqa: F401
-            print("quixstreams is installed but not run here (consumer-group start-up dominates on this broker)")
-        except ImportError:
-            print("quixstreams not installed (pip install quixstreams to compare)")
+        quix = Path(args.quix_python)
+        if quix.exists():
+            n = min(args.events, args.quix_events)
+            out = subprocess.run([str(quix), str(Path(__file__).with_name("quix_window.py")), bs, "orders", str(n)],
+                                 capture_output=True, text=True, timeout=1800)
+            if out.returncode == 0:
+                q = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"quix streams 3.28, same window (first {n:,} events) {q['events_per_s']:>10,.0f} ev/s "
+                      f"(first message to last, consumer-group start-up excluded): pondstream is "
+                      f"{view['events_per_s'] / q['events_per_s']:.1f}x")
+            else:
+                print(f"quix streams run failed: {out.stderr.strip().splitlines()[-1:]}")
+        else:
+            print(f"quix streams not set up ({quix} missing): make bench-quix-env to compare")
     finally:
         broker.kill()
 

@@ -54,6 +54,10 @@ def start_broker(port: int, host: str = "127.0.0.1", wait_s: float = 15.0, quiet
     raise KafkaToolError(f"the broker did not answer on {host}:{port} within {wait_s:.0f}s")
 
 
+TOPIC_CONFIG = {"retention.ms": "604800000", "cleanup.policy": "delete"}  # stated: some brokers only
+# report the configs a topic was created with, and clients such as Quix Streams read these
+
+
 def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
     """Create `topic` if missing; return its partition count."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
@@ -63,7 +67,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
         raise KafkaToolError(f"cannot reach Kafka at {bootstrap}: {e.args[0].str()}") from None
     if topic in md.topics and md.topics[topic].partitions:
         return len(md.topics[topic].partitions)
-    for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+    for f in admin.create_topics([NewTopic(topic, partitions, 1, config=TOPIC_CONFIG)]).values():
         f.result()
     return partitions
 
