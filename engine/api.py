@@ -313,6 +313,10 @@ class Engine:
         status["series"] = {n: {"versions": len(log), "rows": sum(e["rows"] for e in log),
                                 "last_written_at": log[-1]["written_at"] if log else None}
                             for n in self.series_names() for log in [read_log(self.state_dir / "series" / n)]}
+        for name, s in status["series"].items():
+            if name.endswith("__errors") and s["rows"]:
+                by = self.query(f'SELECT reason, COUNT(*) AS n FROM "{name}" GROUP BY reason ORDER BY n DESC')
+                s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
 
 

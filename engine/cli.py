@@ -180,6 +180,8 @@ def cmd_status(args) -> int:
         print("\nseries (queryable tables):")
         for name, s in st["series"].items():
             print(f"  {name}: {s['versions']} versions, {s['rows']:,} rows, last written {s['last_written_at']}")
+            if s.get("by_reason"):
+                print("    malformed records by reason: " + ", ".join(f"{r} {n:,}" for r, n in s["by_reason"].items()))
     if "updated_at" not in st:
         print("no pipeline has run here yet: pondstream run FILE.sql")
     return 0

@@ -51,6 +51,8 @@ def test_malformed_messages_go_to_dead_letters_with_partition_and_offset(broker,
         want = sorted((parts[i], i // 4, raw[i]) for i in raw)
         assert got == want and set(dl.column("source").to_pylist()) == {"dirty"}
         reasons = dict(zip([r[2] for r in got], dl.column("reason").to_pylist(), strict=True))
+        by_reason = e.status()["series"]["orders__errors"]["by_reason"]
+        assert sum(by_reason.values()) == len(raw) and by_reason["missing event time"] == 1
         assert reasons[raw[15]] == "missing event time" and reasons[raw[5]] == "malformed"
         good = [r for i, r in enumerate(rows) if i not in raw]
         assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, good))
