@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -97,3 +101,28 @@ def broker():
     yield proc, f"127.0.0.1:{port}"
     proc.kill()
     proc.wait()
+
+
+def timed_run(cmd: list[str], state) -> float:
+    """Run a pipeline to the end once; its duration calibrates when the kill tests strike."""
+    t0 = time.monotonic()
+    subprocess.run([*cmd, "--state-dir", str(state)], check=True, timeout=300, capture_output=True)
+    return time.monotonic() - t0
+
+
+def run_with_random_kills(cmd: list[str], state, rng: random.Random, full: float, attempts: int = 40) -> int:
+    """Start the pipeline, SIGKILL it after a random 15-75% of an uninterrupted run's duration, restart,
+    repeat until a run exits 0. Returns how many times it was killed."""
+    kills = 0
+    for _ in range(attempts):
+        p = subprocess.Popen([*cmd, "--state-dir", str(state)], stderr=subprocess.PIPE)
+        try:
+            p.wait(timeout=rng.uniform(0.15, 0.75) * full)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            kills += 1
+            continue
+        assert p.returncode == 0, p.stderr.read().decode()[-2000:]
+        return kills
+    raise AssertionError("pipeline never finished")

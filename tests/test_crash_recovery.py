@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -11,7 +10,18 @@ from datetime import timedelta
 
 from pondstream.engine import Engine
 
-from conftest import HOURLY, PYTHON, START, canon, duck, make_orders, orders_stream, write_jsonl
+from conftest import (
+    HOURLY,
+    PYTHON,
+    START,
+    canon,
+    duck,
+    make_orders,
+    orders_stream,
+    run_with_random_kills,
+    timed_run,
+    write_jsonl,
+)
 
 HOP = """CREATE MATERIALIZED VIEW hop_counts AS
 SELECT HOP_START(event_time, INTERVAL '20' MINUTE, INTERVAL '1' HOUR) AS ws, customer_id, COUNT(*) AS n,
@@ -50,9 +60,7 @@ def test_kill_restart_equals_uninterrupted_run(tmp_path):
     rows, sql = _inputs(tmp_path)
     cmd = [PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet", "--checkpoint-interval", "0.02"]
     ref_dir = tmp_path / "reference"
-    t0 = time.monotonic()  # the uninterrupted run's duration calibrates when to kill
-    subprocess.run([*cmd, "--state-dir", str(ref_dir)], check=True, timeout=300)
-    full = time.monotonic() - t0
+    full = timed_run(cmd, ref_dir)
     reference = _answers(ref_dir)
     assert len(reference["hourly"]) > 100 and len(reference["late"]) > 100 and len(reference["errors"]) == 1
 
@@ -60,19 +68,7 @@ def test_kill_restart_equals_uninterrupted_run(tmp_path):
     kills = 0
     for trial in range(5):
         state = tmp_path / f"trial{trial}"
-        for _attempt in range(40):
-            p = subprocess.Popen([*cmd, "--state-dir", str(state)], stderr=subprocess.PIPE)
-            try:
-                p.wait(timeout=rng.uniform(0.3, 0.9) * full)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
-                kills += 1
-                continue
-            assert p.returncode == 0, p.stderr.read().decode()[-2000:]
-            break
-        else:
-            raise AssertionError("pipeline never finished")
+        kills += run_with_random_kills(cmd, state, rng, full)
         got = _answers(state)
         assert got == reference, f"trial {trial} differs from the uninterrupted run"
     assert kills >= 5  # the trials really were interrupted

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from pondstream.engine import Engine, EngineError
 from pondstream.engine.kafka_tools import ensure_topic
 
-from conftest import HOURLY, PYTHON, canon, duck, make_orders
+from conftest import HOURLY, PYTHON, canon, duck, make_orders, run_with_random_kills, timed_run
 from kafka_helpers import kafka_stream, produce_more, produce_rows
 
 DUCK_HOURLY = """SELECT time_bucket(INTERVAL '1 hour', event_time) AS hour, customer_id, COUNT(*) AS orders,
@@ -94,28 +94,15 @@ def test_kill_restart_from_kafka_is_exactly_once(broker, tmp_path):
     cmd = [PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet", "--checkpoint-interval", "0.02"]
     rng = random.Random(7)
     want = canon(duck(DUCK_HOURLY, rows))
-    t0 = time.monotonic()  # an uninterrupted run first: its duration calibrates when to kill
-    subprocess.run([*cmd, "--state-dir", str(tmp_path / "ref")], check=True, timeout=300)
-    full = time.monotonic() - t0
+    full = timed_run(cmd, tmp_path / "ref")
     with Engine(tmp_path / "ref") as e:
         assert canon(e.query("SELECT * FROM hourly_sales")) == want
     kills = 0
     for trial in range(3):
         state = tmp_path / f"t{trial}"
-        for _ in range(40):
-            proc = subprocess.Popen([*cmd, "--state-dir", str(state)], stderr=subprocess.PIPE)
-            try:
-                proc.wait(timeout=rng.uniform(0.3, 0.9) * full)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                continue
-            assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-            break
+        kills += run_with_random_kills(cmd, state, rng, full)
         with Engine(state) as e:
-            got = e.query("SELECT * FROM hourly_sales")
-            assert canon(got) == want, f"trial {trial}"
+            assert canon(e.query("SELECT * FROM hourly_sales")) == want, f"trial {trial}"
     assert kills >= 3
 
 
