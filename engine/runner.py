@@ -36,7 +36,7 @@ from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
-from pondstream.state.window_state import WindowState, split_by_bound
+from pondstream.state.window_state import WindowState, split_by_bound, window_starts
 
 TS = pa.timestamp("us")
 EPOCH_EVENTS = 1_000_000  # also checkpoint after this many events, so memory does not grow with speed
@@ -242,23 +242,38 @@ class Runner:
             self.on_progress(self.progress)
 
     def _flush_view(self, txn: Txn, g: Group, v: ViewRun) -> None:
+        """Emit windows the watermark has closed, re-emit closed windows that late events (within the
+        allowed lateness) updated, keep the rest as state, and drop state past the lateness horizon."""
         merged = merge_partials(v.plan, v.pending) if v.pending else None
         v.pending = []
         wm = g.watermark.value
-        if wm is not None:
-            bound = closing_bound(wm, v.plan.window)
-            closing, rest = split_by_bound(merged, bound)
-            closed = v.state.take_closed(txn, bound, closing)
+        if wm is None:
+            v.state.append(txn, merged, self.epoch)
         else:
-            rest, closed = merged, None
-        v.state.append(txn, rest, self.epoch)
-        if closed is not None and closed.num_rows:
-            out = v.op.finalize(closed)
-            if out.num_rows:
-                entry = self.series.write(txn, v.plan.name, out)
-                self.progress.versions += 1
-                if v.sink is not None:
-                    txn.after_commit.append(lambda v=v, out=out, n=entry["version"]: self._publish(v, out, n))
+            close = closing_bound(wm, v.plan.window)
+            expire = close - v.plan.lateness_us
+            done = v.meta.get("emitted_upto")  # every window starting at or before this was emitted
+            ready, rest = split_by_bound(merged, close)
+            v.state.append(txn, rest, self.epoch)
+            touched = window_starts(ready)
+            updated = {w for w in touched if done is not None and w <= done}
+            out_windows = v.state.stored_windows(done, close) | touched
+            if out_windows:
+                partials = merge_partials(v.plan, [*v.state.read(out_windows), ready])
+                kept, _ = split_by_bound(None if partials is None else partials.filter(
+                    pc.greater(partials.column("__ws"), pa.scalar(expire, pa.int64()).cast(TS))), close)
+                if kept is not None and kept.num_rows:
+                    v.state.replace(txn, kept, self.epoch)  # emitted, but late events may still update it
+                out = v.op.finalize(partials) if partials is not None else None
+                if out is not None and out.num_rows:
+                    entry = self.series.write(txn, v.plan.name, out, supersedes=bool(updated))
+                    self.progress.versions += 1
+                    if v.sink is not None:
+                        txn.after_commit.append(lambda v=v, out=out, n=entry["version"]: self._publish(v, out, n))
+            v.state.expire(txn, expire)
+            v.meta["emitted_upto"] = close if done is None else max(done, close)
+            if updated:
+                v.meta["reemitted"] = v.meta.get("reemitted", 0) + len(updated)
         if v.late:
             self.series.write(txn, late_series(v.plan.name), pa.concat_tables(v.late))
             v.meta["late"] = v.meta.get("late", 0) + sum(t.num_rows for t in v.late)

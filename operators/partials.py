@@ -53,7 +53,7 @@ def first_partials(plan: ViewPlan, pre: pa.Table, ws: pa.Array | np.ndarray) -> 
 
 def merge_partials(plan: ViewPlan, tables: list[pa.Table]) -> pa.Table:
     """One row per (window, keys) from any number of partial tables of the same plan."""
-    tables = [t for t in tables if t.num_rows]
+    tables = [t for t in tables if t is not None and t.num_rows]
     if not tables:
         return None
     table = pa.concat_tables(tables)

@@ -38,8 +38,8 @@ class WindowAggregate:
             return BatchResult(None, empty, empty)
         ts = pre.column("__ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
         rows, ws = assign(ts, self.plan.window)
-        if watermark_us is not None:
-            late = ws + self.plan.window.size_us <= watermark_us
+        if watermark_us is not None:  # too late: the window ended (plus allowed lateness) before this batch
+            late = ws + self.plan.window.size_us + self.plan.lateness_us <= watermark_us
             if late.any():
                 late_idx = np.flatnonzero(late) if rows is None else rows[late]
                 late_rows = pre.column("__row").take(pa.array(late_idx)).to_numpy()

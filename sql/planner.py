@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
-from pondstream.sql.intervals import interval_us
+from pondstream.sql.intervals import interval_us, option_duration
 from pondstream.sql.statements import CreateStream, CreateView
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop"}
@@ -61,6 +61,7 @@ class ViewPlan:
     time_columns: dict[str, str] = field(default_factory=dict)  # output column -> "start" | "end"
     identity_columns: list[str] = field(default_factory=list)  # window + keys: what a later version replaces
     options: dict[str, str] = field(default_factory=dict)
+    lateness_us: int = 0  # allowed lateness: how long after its end a window still accepts events
 
     @property
     def start_column(self) -> str | None:
@@ -309,6 +310,8 @@ class _Planner:
 
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
                         partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options))
+        if "allowed_lateness" in plan.options:
+            plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)
         return plan
 

@@ -1,7 +1,8 @@
 """Partial aggregates of open windows, as append-only runs of Arrow IPC per (view, window).
 
 Each checkpoint appends at most one run per touched window (no read-modify-write on the hot path).
-A window's runs are merged when it closes, or compacted into one when they pile up.
+A window's runs are merged when it is emitted (and, while allowed lateness keeps it, replaced by that
+one merged run), or compacted into one when they pile up; a range delete drops expired windows.
 """
 
 from __future__ import annotations
@@ -68,18 +69,36 @@ class WindowState:
             txn.put(self.prefix + u64(w) + u64(seq), to_ipc(part))
             self.runs[w] += 1
 
-    def take_closed(self, txn: Txn, bound: int, pending: pa.Table | None) -> pa.Table | None:
-        """Merged partials of every window with start <= bound (stored runs plus `pending`), removed
-        from state in `txn`. `pending` must hold only windows with start <= bound."""
-        closed = [w for w in self.runs if w <= bound]
-        tables = [pending] if pending is not None and pending.num_rows else []
-        if closed:
-            lo, hi = self.prefix, self.prefix + u64(max(closed) + 1)
-            tables += self._read(lo, hi)
-            txn.delete_range(lo, hi)
-            for w in closed:
+    def read(self, windows: set[int]) -> list[pa.Table]:
+        """All stored runs of the given windows (one range scan from the lowest to the highest)."""
+        if not windows:
+            return []
+        lo, hi = self.prefix + u64(min(windows)), self.prefix + u64(max(windows) + 1)
+        pre = len(self.prefix)
+        return [from_ipc(v) for k, v in self.store.scan(lo, hi) if from_u64(k[pre: pre + 8]) in windows]
+
+    def stored_windows(self, lo: int | None, hi: int) -> set[int]:
+        """Windows with state whose start is in (lo, hi]."""
+        return {w for w in self.runs if (lo is None or w > lo) and w <= hi}
+
+    def replace(self, txn: Txn, partials: pa.Table, seq: int) -> None:
+        """Make `partials` the only run of each window it holds (emitted windows kept for lateness)."""
+        partials = partials.sort_by("__ws")
+        ws = partials.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
+        cuts = np.flatnonzero(np.diff(ws)) + 1
+        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ws)])), strict=True):
+            w = int(ws[lo])
+            txn.delete_range(*self._window_range(w))
+            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(partials.slice(int(lo), int(hi - lo))))
+            self.runs[w] = 1
+
+    def expire(self, txn: Txn, bound: int) -> None:
+        """Drop the state of every window with start <= bound (one range delete)."""
+        gone = [w for w in self.runs if w <= bound]
+        if gone:
+            txn.delete_range(self.prefix, self.prefix + u64(max(gone) + 1))
+            for w in gone:
                 del self.runs[w]
-        return self.merge(tables) if tables else None
 
 
 def split_by_bound(partials: pa.Table | None, bound: int) -> tuple[pa.Table | None, pa.Table | None]:
@@ -88,3 +107,9 @@ def split_by_bound(partials: pa.Table | None, bound: int) -> tuple[pa.Table | No
         return None, None
     mask = pc.less_equal(partials.column("__ws"), pa.scalar(bound, pa.int64()).cast(pa.timestamp("us")))
     return partials.filter(mask), partials.filter(pc.invert(mask))
+
+
+def window_starts(partials: pa.Table | None) -> set[int]:
+    if partials is None or partials.num_rows == 0:
+        return set()
+    return set(pc.unique(partials.column("__ws").cast(pa.int64())).to_pylist())
