@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import sqlglot
 from datafusion import SessionConfig, SessionContext
 from sqlglot import exp
 
@@ -23,7 +24,10 @@ from pondstream.sql.statements import CreateStream, CreateView
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop"}
 BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "end"),
                "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end")}
-AGG_HINT = "supported aggregates: COUNT(*), COUNT(x), SUM, MIN, MAX, AVG"
+AGG_HINT = ("supported aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, STDDEV(_POP|_SAMP), "
+            "VARIANCE, VAR_POP, VAR_SAMP, BOOL_AND, BOOL_OR, FIRST_VALUE, LAST_VALUE, APPROX_DISTINCT")
+VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.StddevPop: ("pop", True),
+            exp.Variance: ("samp", False), exp.VariancePop: ("pop", False)}
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class Partial:
 
     name: str
     source: str | None  # input column (None for COUNT(*))
-    first: str  # pyarrow hash aggregate over inputs: count_all, count, sum, min, max
-    merge: str  # pyarrow hash aggregate over partials: sum, min, max
+    first: str  # pyarrow hash aggregate over inputs: count_all, count, sum, min, max, all, any, first, last, distinct
+    merge: str  # how partials combine: sum, min, max, all, any, first, last, distinct (set union)
+    order: str | None = None  # first/last: the partial holding the event time they are ordered by
 
 
 @dataclass
@@ -209,17 +214,45 @@ class _Planner:
                 pre_cols.append(f"{text} AS {inputs[text]}")
             return inputs[text]
 
-        def add(source: str | None, first: str, merge: str) -> str:
+        def add(source: str | None, first: str, merge: str, order: str | None = None) -> str:
             for p in partials:  # SUM(x) and AVG(x) share one sum partial
-                if (p.source, p.first) == (source, first):
+                if (p.source, p.first, p.order) == (source, first, order):
                     return p.name
             name = f"__p{len(partials)}"
-            partials.append(Partial(name, source, first, merge))
+            partials.append(Partial(name, source, first, merge, order))
             return name
 
         def final_agg(agg: exp.AggFunc) -> exp.Expression:
+            distinct = agg.this if isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct) else None
+            if isinstance(agg, exp.ApproxDistinct) or distinct is not None:
+                # A set of values per window and key; APPROX_DISTINCT is answered exactly.
+                arg = distinct.expressions[0] if distinct is not None else agg.this
+                if distinct is not None and len(distinct.expressions) != 1:
+                    raise at(agg, "COUNT(DISTINCT ...) takes one expression")
+                col = exp.column(add(input_col(arg), "distinct", "distinct"))
+                return exp.Cast(this=exp.Anonymous(this="cardinality", expressions=[col]),
+                                to=exp.DataType.build("BIGINT"))
             if agg.find(exp.Distinct):
-                raise at(agg, "DISTINCT aggregates are not supported yet", AGG_HINT)
+                raise at(agg, f"{agg.sql_name()}(DISTINCT ...) is not supported", AGG_HINT)
+            if type(agg) in VARIANCE:
+                kind, root = VARIANCE[type(agg)]
+                x = exp.Cast(this=agg.this.copy(), to=exp.DataType.build("DOUBLE"))
+                numeric_inputs.append((input_col(agg.this), agg))
+                s = exp.column(add(input_col(x), "sum", "sum"))
+                q = exp.column(add(input_col(exp.Mul(this=x.copy(), expression=x.copy())), "sum", "sum"))
+                n = exp.column(add(input_col(agg.this), "count", "sum"))
+                dof = f"({n.sql()} - 1)" if kind == "samp" else n.sql()
+                var = (f"CASE WHEN {n.sql()} > {1 if kind == 'samp' else 0} THEN "
+                       f"GREATEST(({q.sql()} - {s.sql()} * {s.sql()} / {n.sql()}) / {dof}, 0) END")
+                return sqlglot.parse_one(f"SQRT({var})" if root else var)
+            if isinstance(agg, (exp.LogicalAnd, exp.LogicalOr)):
+                fn = "all" if isinstance(agg, exp.LogicalAnd) else "any"
+                return exp.column(add(input_col(agg.this), fn, fn))
+            if isinstance(agg, (exp.FirstValue, exp.LastValue)):
+                first = isinstance(agg, exp.FirstValue)
+                ts = add("__ts", "min" if first else "max", "min" if first else "max")
+                fn = "first" if first else "last"
+                return exp.column(add(input_col(agg.this), fn, fn, order=ts))
             if isinstance(agg, exp.Count):
                 arg = agg.this
                 if arg is None or isinstance(arg, exp.Star):
