@@ -30,7 +30,7 @@ from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
-from pondstream.operators.window import closing_bound
+from pondstream.operators.window import closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
@@ -201,7 +201,8 @@ class Runner:
                     v.pending = [merge_partials(v.plan, v.pending)]
             if len(r.late_rows):
                 rows = data.take(pa.array(r.late_rows)).drop_columns(["__row"])
-                rows = rows.append_column("_window_start", pa.array(r.late_windows).cast(TS))
+                starts = true_start(r.late_windows, v.plan.window)
+                rows = rows.append_column("_window_start", pa.array(starts).cast(TS))
                 v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
                                                  .cast(TS)))
                 self.progress.late += rows.num_rows

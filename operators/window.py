@@ -1,7 +1,8 @@
 """Window assignment: event times (µs) to window starts, vectorized with numpy.
 
 TUMBLE gives each event one window, `floor(ts / size) * size`. HOP gives it `size / slide` windows:
-the latest slide boundary at or before ts, and the ones before it that still contain ts.
+the latest slide boundary at or before ts, and the ones before it that still contain ts. CUMULATE gives
+it the windows of its period that end after it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ from pondstream.sql.planner import WindowSpec
 
 
 def assign(ts_us: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray | None, np.ndarray]:
-    """(row index per assignment or None when 1:1, window start per assignment) for each event."""
+    """(row index per assignment or None when 1:1, window id per assignment) for each event.
+
+    The id is `end - size`: the start for TUMBLE and HOP. A CUMULATE event belongs to every window of its
+    period [start, start + max) whose end (start + k * step) is after it."""
+    if spec.kind == "cumulate":
+        start = ts_us - np.mod(ts_us, spec.size_us)
+        first_k = (ts_us - start) // spec.slide_us + 1
+        counts = spec.size_us // spec.slide_us - first_k + 1
+        rows = np.repeat(np.arange(len(ts_us), dtype=np.int64), counts)
+        nth = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        end = start[rows] + (first_k[rows] + nth) * spec.slide_us
+        return rows, end - spec.size_us
     base = ts_us - np.mod(ts_us, spec.slide_us)
     if spec.kind == "tumble":
         return None, base
@@ -20,6 +32,14 @@ def assign(ts_us: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray | None, np.n
     rows = np.repeat(np.arange(len(ts_us), dtype=np.int64), k)
     steps = np.tile(np.arange(k, dtype=np.int64) * spec.slide_us, len(ts_us))
     return rows, base[rows] - steps
+
+
+def true_start(window_id: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """A window's start from its id (they differ only for CUMULATE)."""
+    if spec.kind != "cumulate":
+        return window_id
+    end = window_id + spec.size_us
+    return (end - 1) - np.mod(end - 1, spec.size_us)
 
 
 def closing_bound(watermark_us: int, spec: WindowSpec) -> int:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pondstream.operators.partials import first_partials
-from pondstream.operators.window import assign
+from pondstream.operators.window import assign, true_start
 from pondstream.sql.planner import ViewPlan, session
 
 
@@ -55,8 +54,10 @@ class WindowAggregate:
 
     def finalize(self, merged: pa.Table) -> pa.Table:
         """The view's rows for complete windows, ordered by window and key for row-group statistics."""
-        size = pa.scalar(self.plan.window.size_us, pa.duration("us"))
-        win = merged.append_column("__we", pc.add(merged.column("__ws"), size))
+        spec = self.plan.window
+        wid = merged.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
+        win = merged.set_column(0, "__ws", pa.array(true_start(wid, spec)).cast(pa.timestamp("us")))
+        win = win.append_column("__we", pa.array(wid + spec.size_us).cast(pa.timestamp("us")))
         self.ctx.deregister_table("__win")
         self.ctx.register_record_batches("__win", [win.to_batches()])
         out = self.ctx.sql(self.plan.final_sql).to_arrow_table()

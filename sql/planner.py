@@ -32,7 +32,12 @@ VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.Stdd
 
 @dataclass(frozen=True)
 class WindowSpec:
-    kind: str  # "tumble" | "hop"
+    """TUMBLE(size), HOP(slide, size) or CUMULATE(step = slide, max size = size).
+
+    Internally a window is identified by `end - size` (for TUMBLE and HOP that is its start); CUMULATE
+    windows share a start and differ in end, so their true start is derived when rows are emitted."""
+
+    kind: str  # "tumble" | "hop" | "cumulate"
     size_us: int
     slide_us: int
 
@@ -120,13 +125,14 @@ class _Planner:
     def _tvf(self, call: exp.Anonymous) -> CreateStream:
         if call.name.upper() == "TABLE" and call.expressions and isinstance(call.expressions[0], exp.Anonymous):
             call = call.expressions[0]
-        kind = WINDOW_FUNCS.get(call.name.upper())
+        kind = {**WINDOW_FUNCS, "CUMULATE": "cumulate"}.get(call.name.upper())
         if kind is None:
-            raise at(call, f"unsupported table function {call.name}", "use TUMBLE or HOP")
+            raise at(call, f"unsupported table function {call.name}", "use TUMBLE, HOP or CUMULATE")
         args = list(call.expressions)
         if len(args) != (3 if kind == "tumble" else 4):
-            usage = ("TUMBLE(TABLE s, DESCRIPTOR(ts), size)" if kind == "tumble"
-                     else "HOP(TABLE s, DESCRIPTOR(ts), slide, size)")
+            usage = {"tumble": "TUMBLE(TABLE s, DESCRIPTOR(ts), size)",
+                     "hop": "HOP(TABLE s, DESCRIPTOR(ts), slide, size)",
+                     "cumulate": "CUMULATE(TABLE s, DESCRIPTOR(ts), step, max_size)"}[kind]
             raise at(call, f"{call.name} takes {len(args)} arguments here", f"write {usage}")
         src = args[0]
         if isinstance(src, exp.Anonymous) and src.name.upper() == "TABLE":
@@ -145,9 +151,11 @@ class _Planner:
             return WindowSpec("tumble", size, size)
         slide, size = interval_us(sizes[0]), interval_us(sizes[1])
         if size % slide:
-            raise at(node, "HOP size must be a whole multiple of its slide",
-                     "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)")
-        return WindowSpec("hop", size, slide)
+            name = "HOP size must be a whole multiple of its slide" if kind == "hop" else \
+                "CUMULATE max_size must be a whole multiple of its step"
+            raise at(node, name, "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)" if kind == "hop"
+                     else "e.g. CUMULATE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' HOUR, INTERVAL '1' DAY)")
+        return WindowSpec(kind, size, slide)
 
     def _check_time_col(self, col: exp.Expression, stream: CreateStream) -> None:
         if not isinstance(col, exp.Column) or col.name.lower() != stream.event_time.lower():
@@ -327,6 +335,10 @@ class _Planner:
                 identity.append(name)
                 shown_keys.add(final.name)
             out_exprs.append(f"{to_datafusion(final)} AS {exp.to_identifier(name, quoted=True).sql()}")
+        if self.window.kind == "cumulate" and not any(b == "end" for b in time_columns.values()):
+            out_exprs.append('__we AS "_window_end"')  # CUMULATE windows sharing a start differ by end
+            time_columns["_window_end"] = "end"
+            identity.append("_window_end")
         if not any(b == "start" for b in time_columns.values()):
             out_exprs.append('__ws AS "_window_start"')  # hidden: a version needs its window to be replaced
             time_columns["_window_start"] = "start"

@@ -106,3 +106,15 @@ def test_merge_is_associative_and_equals_one_pass():
     whole = first_partials(plan, whole_t, np.concatenate([ws for _, ws in parts]))
     assert canon(left) == canon(right) == canon(whole)
     assert left.schema == firsts[0].schema  # merged partials keep the state schema
+
+
+def test_cumulate_assignment_matches_brute_force():
+    from pondstream.operators.window import true_start
+
+    spec = WindowSpec("cumulate", 12, 4)  # step 4, max size 12: windows [s, s+4), [s, s+8), [s, s+12)
+    ts = np.array(random.Random(1).sample(range(-40, 100), 50), dtype=np.int64)
+    rows, ids = assign(ts, spec)
+    got = sorted(zip(ts[rows].tolist(), true_start(ids, spec).tolist(), (ids + 12).tolist(), strict=True))
+    want = sorted((int(t), s, s + k) for t in ts for s in range(-48, 108, 12) for k in (4, 8, 12)
+                  if s <= t < s + k)
+    assert got == want
