@@ -86,6 +86,7 @@ class ViewRun:
     pending: list[pa.Table] = field(default_factory=list)
     late: list[pa.Table] = field(default_factory=list)
     sink: KafkaSink | None = None
+    last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
 
 @dataclass
@@ -256,6 +257,8 @@ class Runner:
             done = v.meta.get("emitted_upto")  # every window starting at or before this was emitted
             ready, rest = split_by_bound(merged, close)
             v.state.append(txn, rest, self.epoch)
+            if v.plan.emit_every_us and time.monotonic() - v.last_early >= v.plan.emit_every_us / 1e6:
+                self._emit_early(txn, v, close, rest)
             touched = window_starts(ready)
             updated = {w for w in touched if done is not None and w <= done}
             out_windows = v.state.stored_windows(done, close) | touched
@@ -267,7 +270,8 @@ class Runner:
                     v.state.replace(txn, kept, self.epoch)  # emitted, but late events may still update it
                 out = v.op.finalize(partials) if partials is not None else None
                 if out is not None and out.num_rows:
-                    entry = self.series.write(txn, v.plan.name, out, supersedes=bool(updated))
+                    entry = self.series.write(txn, v.plan.name, out,
+                                              supersedes=bool(updated) or bool(v.plan.emit_every_us))
                     self.progress.versions += 1
                     if v.sink is not None:
                         txn.after_commit.append(lambda v=v, out=out, n=entry["version"]: self._publish(v, out, n))
@@ -281,6 +285,20 @@ class Runner:
             v.late = []
         v.meta.update(position=g.position, watermark=wm, watermark_state=g.watermark.state())
         txn.put_meta(f"view/{v.plan.name}", v.meta)
+
+    def _emit_early(self, txn: Txn, v: ViewRun, close: int, pending: pa.Table | None) -> None:
+        """EMIT EVERY: write the current results of every open window as a version (is_final = false);
+        the final rows at close supersede them."""
+        v.last_early = time.monotonic()
+        open_windows = v.state.stored_windows(close, END_OF_STREAM)
+        partials = merge_partials(v.plan, [*v.state.read(open_windows), pending])
+        if partials is None:
+            return
+        out = v.op.finalize(partials)
+        out = out.set_column(out.schema.get_field_index("is_final"), "is_final", pa.array([False] * out.num_rows))
+        if out.num_rows:
+            self.series.write(txn, v.plan.name, out, supersedes=True)
+            self.progress.versions += 1
 
     def _publish(self, v: ViewRun, table: pa.Table, version: int) -> None:
         """After the version's checkpoint landed: send it, then record it as sent (at-least-once)."""

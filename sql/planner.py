@@ -72,6 +72,7 @@ class ViewPlan:
     identity_columns: list[str] = field(default_factory=list)  # window + keys: what a later version replaces
     options: dict[str, str] = field(default_factory=dict)
     lateness_us: int = 0  # allowed lateness: how long after its end a window still accepts events
+    emit_every_us: int = 0  # EMIT EVERY: early (partial) results of open windows on this schedule
 
     @property
     def start_column(self) -> str | None:
@@ -347,6 +348,9 @@ class _Planner:
             if kc not in shown_keys:  # hidden: keys not shown still tell rows apart across versions
                 out_exprs.append(f'{kc} AS "_key{i}"')
                 identity.append(f"_key{i}")
+        emit_every = self.view.options.get("emit_every_us") or self.view.options.get("emit_every")
+        if emit_every:
+            out_exprs.append('TRUE AS "is_final"')  # early rows of open windows say FALSE
         having = sel.args.get("having")
         final_where = f" WHERE {to_datafusion(to_final(having.this))}" if having is not None else ""
         pre_where = f" WHERE {to_datafusion(where.this)}" if where is not None else ""
@@ -355,6 +359,9 @@ class _Planner:
 
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
                         partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options))
+        if emit_every:
+            plan.emit_every_us = int(emit_every) if str(emit_every).isdigit() else \
+                option_duration("emit_every", emit_every)
         if "allowed_lateness" in plan.options:
             plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import sqlglot
 from sqlglot import exp
+from sqlglot.tokens import TokenType
 
 from pondstream.sql.dialect import StreamSQL
 from pondstream.sql.errors import SqlError, at
@@ -65,13 +66,35 @@ class Query(Statement):
     """Anything else: a query DataFusion runs over the materialized views."""
 
 
+_EMIT = re.compile(r"\bEMIT\s+(ON\s+WINDOW\s+CLOSE|EVERY\s+(INTERVAL\s+'[^']*'(?:\s+[A-Za-z]+)?))\s*(?=;|\Z)",
+                   re.I)
 _SHOW = re.compile(r"^\s*SHOW\s+(STREAMS|MATERIALIZED\s+VIEWS|VIEWS)\s*;?\s*$", re.I)
+
+
+def _emit_clauses(sql: str) -> tuple[str, dict[int, tuple[str, str | None]]]:
+    """Cut `EMIT ON WINDOW CLOSE` / `EMIT EVERY INTERVAL ...` (which sqlglot does not parse) out of the
+    script, blanked in place so line/column numbers stay right; returns {statement index: clause}."""
+    found = list(_EMIT.finditer(sql))
+    if not found:
+        return sql, {}
+    chars = list(sql)
+    for m in found:
+        for i in range(m.start(), m.end()):
+            if chars[i] != "\n":
+                chars[i] = " "
+    stripped = "".join(chars)
+    try:
+        semis = [t.start for t in StreamSQL().tokenize(stripped) if t.token_type == TokenType.SEMICOLON]
+    except sqlglot.errors.TokenError:
+        return sql, {}
+    return stripped, {sum(1 for s in semis if s < m.start()): (m.group(0).strip(), m.group(2)) for m in found}
 
 
 def parse_script(sql: str) -> list[Statement]:
     """All statements of a script, in order; raises SqlError with line/column on the first problem."""
+    text, emits = _emit_clauses(sql)
     try:
-        trees = sqlglot.parse(sql, read=StreamSQL)
+        trees = sqlglot.parse(text, read=StreamSQL)
     except sqlglot.errors.ParseError as e:
         err = e.errors[0] if e.errors else {}
         raise SqlError(
@@ -82,11 +105,13 @@ def parse_script(sql: str) -> list[Statement]:
     except sqlglot.errors.TokenError as e:
         raise SqlError(str(e), hint="check quotes and brackets", sql=sql) from None
     out: list[Statement] = []
-    for tree in trees:
+    for index, tree in enumerate(trees):
         if tree is None:
             continue
         try:
             stmt = _statement(tree)
+            if index in emits:
+                _apply_emit(stmt, *emits[index])
         except SqlError as e:
             raise e.with_sql(sql) from None
         stmt.script = sql  # the text line/column numbers refer to, for later (planning) errors
@@ -129,11 +154,20 @@ def _statement(tree: exp.Expression) -> Statement:
              "supported: CREATE STREAM, CREATE MATERIALIZED VIEW, DROP, SHOW, DESCRIBE, SELECT")
 
 
+def _apply_emit(stmt: Statement, clause: str, every: str | None) -> None:
+    if not isinstance(stmt, CreateView):
+        raise SqlError(f"{clause} applies only to CREATE MATERIALIZED VIEW")
+    stmt.sql = f"{stmt.sql} {clause}"  # kept in the catalog, so a changed EMIT is a changed view
+    if every is not None:
+        node = sqlglot.parse_one(f"SELECT {every}", read=StreamSQL).expressions[0]
+        stmt.options["emit_every_us"] = str(interval_us(node))
+
+
 def _options(tree: exp.Create) -> dict[str, str]:
     props = tree.args.get("properties")
     out: dict[str, str] = {}
     for p in props.expressions if props else []:
-        if isinstance(p, exp.Property):
+        if isinstance(p, exp.Property) and not isinstance(p, exp.MaterializedProperty):
             key = p.this.name if isinstance(p.this, exp.Expression) else str(p.this)
             value = p.args.get("value")
             out[key.lower()] = value.name if isinstance(value, exp.Literal) else (value.sql() if value else "")
