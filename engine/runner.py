@@ -28,6 +28,7 @@ from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.kafka_sink import KafkaSink
 from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
+from pondstream.operators.session import merge_sessions, session_bounds
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
 from pondstream.operators.window import closing_bound, true_start
@@ -86,6 +87,12 @@ class ViewRun:
     pending: list[pa.Table] = field(default_factory=list)
     late: list[pa.Table] = field(default_factory=list)
     sink: KafkaSink | None = None
+
+    def merge(self, tables: list[pa.Table | None]) -> pa.Table | None:
+        """Combine partial tables: by window and key, or for SESSION by overlapping session."""
+        if self.plan.window.kind == "session":
+            return merge_sessions(self.plan, tables)
+        return merge_partials(self.plan, tables)
     last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
 
@@ -199,10 +206,11 @@ class Runner:
             if r.partials is not None:
                 v.pending.append(r.partials)
                 if len(v.pending) >= 16:
-                    v.pending = [merge_partials(v.plan, v.pending)]
+                    v.pending = [v.merge(v.pending)]
             if len(r.late_rows):
                 rows = data.take(pa.array(r.late_rows)).drop_columns(["__row"])
-                starts = true_start(r.late_windows, v.plan.window)
+                starts = r.late_windows if v.plan.window.kind == "session" else \
+                    true_start(r.late_windows, v.plan.window)
                 rows = rows.append_column("_window_start", pa.array(starts).cast(TS))
                 v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
                                                  .cast(TS)))
@@ -223,7 +231,10 @@ class Runner:
             if g.source.bounded and g.source.finished:
                 g.watermark.finish()
             for v in g.views:
-                self._flush_view(txn, g, v)
+                if v.plan.window.kind == "session":
+                    self._flush_sessions(txn, g, v)
+                else:
+                    self._flush_view(txn, g, v)
                 open_windows += v.state.open_windows
             if g.bad:
                 self.series.write(txn, errors_series(g.stream.stmt.name),
@@ -243,10 +254,32 @@ class Runner:
         if self.on_progress:
             self.on_progress(self.progress)
 
+    def _flush_sessions(self, txn: Txn, g: Group, v: ViewRun) -> None:
+        """SESSION: merge new partial sessions with the stored open ones; emit those the watermark passed.
+        Open sessions are kept as one run (window id 0), replaced at each checkpoint."""
+        merged = merge_sessions(v.plan, [*v.state.read({0}), *v.pending])
+        v.pending = []
+        wm = g.watermark.value
+        v.state.expire(txn, 0)
+        if merged is not None:
+            closed = np.zeros(merged.num_rows, dtype=bool)
+            if wm is not None:
+                closed = session_bounds(merged, v.plan)[1] <= wm
+            if closed.any():
+                out = v.op.finalize(merged.filter(pa.array(closed)))
+                if out.num_rows:
+                    self.series.write(txn, v.plan.name, out)
+                    self.progress.versions += 1
+            still_open = merged.filter(pa.array(~closed))
+            if still_open.num_rows:
+                zero = pa.array(np.zeros(still_open.num_rows, np.int64)).cast(TS)
+                v.state.replace(txn, still_open.set_column(0, "__ws", zero), self.epoch)
+        self._finish_flush(txn, g, v, wm)
+
     def _flush_view(self, txn: Txn, g: Group, v: ViewRun) -> None:
         """Emit windows the watermark has closed, re-emit closed windows that late events (within the
         allowed lateness) updated, keep the rest as state, and drop state past the lateness horizon."""
-        merged = merge_partials(v.plan, v.pending) if v.pending else None
+        merged = v.merge(v.pending) if v.pending else None
         v.pending = []
         wm = g.watermark.value
         if wm is None:
@@ -279,6 +312,10 @@ class Runner:
             v.meta["emitted_upto"] = close if done is None else max(done, close)
             if updated:
                 v.meta["reemitted"] = v.meta.get("reemitted", 0) + len(updated)
+        self._finish_flush(txn, g, v, wm)
+
+    def _finish_flush(self, txn: Txn, g: Group, v: ViewRun, wm: int | None) -> None:
+        """Late events to their series; position, watermark and counters into the checkpoint."""
         if v.late:
             self.series.write(txn, late_series(v.plan.name), pa.concat_tables(v.late))
             v.meta["late"] = v.meta.get("late", 0) + sum(t.num_rows for t in v.late)

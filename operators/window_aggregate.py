@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pondstream.operators.partials import first_partials
+from pondstream.operators.session import session_bounds, sessionize
 from pondstream.operators.window import assign, true_start
 from pondstream.sql.planner import ViewPlan, session
 
@@ -36,6 +37,8 @@ class WindowAggregate:
         if pre.num_rows == 0:
             return BatchResult(None, empty, empty)
         ts = pre.column("__ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if self.plan.window.kind == "session":
+            return self._sessions(pre, ts, watermark_us)
         rows, ws = assign(ts, self.plan.window)
         if watermark_us is not None:  # too late: the window ended (plus allowed lateness) before this batch
             late = ws + self.plan.window.size_us + self.plan.lateness_us <= watermark_us
@@ -52,12 +55,30 @@ class WindowAggregate:
         taken = pre if rows is None else pre.take(pa.array(rows))
         return BatchResult(first_partials(self.plan, taken, ws), empty, empty)
 
+    def _sessions(self, pre: pa.Table, ts: np.ndarray, watermark_us: int | None) -> BatchResult:
+        """Each event is the interval [ts, ts + gap); this batch's sessions are those intervals merged per
+        key. An event whose own interval ended before the watermark is late."""
+        gap = self.plan.window.size_us
+        late = ts + gap <= watermark_us if watermark_us is not None else np.zeros(len(ts), dtype=bool)
+        late_rows = pre.column("__row").filter(pa.array(late)).to_numpy() if late.any() else np.empty(0, np.int64)
+        late_starts = ts[late]  # a late event's own session would have started at its event time
+        keep = np.flatnonzero(~late)
+        if not len(keep):
+            return BatchResult(None, late_rows, late_starts)
+        pre, ts = pre.take(pa.array(keep)), ts[keep]
+        order, ids = sessionize(pre.select(self.plan.key_columns), ts, ts + gap)
+        return BatchResult(first_partials(self.plan, pre.take(pa.array(order)), ids), late_rows, late_starts)
+
     def finalize(self, merged: pa.Table) -> pa.Table:
         """The view's rows for complete windows, ordered by window and key for row-group statistics."""
         spec = self.plan.window
-        wid = merged.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
-        win = merged.set_column(0, "__ws", pa.array(true_start(wid, spec)).cast(pa.timestamp("us")))
-        win = win.append_column("__we", pa.array(wid + spec.size_us).cast(pa.timestamp("us")))
+        if spec.kind == "session":
+            start, end = session_bounds(merged, self.plan)
+        else:
+            wid = merged.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
+            start, end = true_start(wid, spec), wid + spec.size_us
+        win = merged.set_column(0, "__ws", pa.array(start).cast(pa.timestamp("us")))
+        win = win.append_column("__we", pa.array(end).cast(pa.timestamp("us")))
         self.ctx.deregister_table("__win")
         self.ctx.register_record_batches("__win", [win.to_batches()])
         out = self.ctx.sql(self.plan.final_sql).to_arrow_table()

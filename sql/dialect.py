@@ -39,13 +39,19 @@ class StreamParser(RisingWaveParser):
             self._next.token_type != TokenType.L_PAREN
         ):
             self._advance()
-            return self.expression(exp.Anonymous(this="TABLE", expressions=[self._parse_table_parts()]))
+            args = [self._parse_table_parts()]
+            if self._match(TokenType.PARTITION_BY):  # SESSION(TABLE s PARTITION BY k | (k1, k2), ...)
+                keys = self._parse_bitwise()
+                keys = keys.expressions if isinstance(keys, exp.Tuple) else [keys.unnest()]
+                args.append(self.expression(exp.Anonymous(this="PARTITION_BY", expressions=keys)))
+            return self.expression(exp.Anonymous(this="TABLE", expressions=args))
         return super()._parse_lambda(alias=alias)
 
 
 class StreamSQL(RisingWave):
     class Tokenizer(RisingWave.Tokenizer):
         KEYWORDS = {**RisingWave.Tokenizer.KEYWORDS, "STREAM": TokenType.STREAM}
+        KEYWORDS.pop("SESSION", None)  # SESSION(ts, gap) is a window function here, not a keyword
 
     Parser = StreamParser
 

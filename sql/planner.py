@@ -21,9 +21,11 @@ from pondstream.sql.errors import SqlError, at
 from pondstream.sql.intervals import interval_us, option_duration
 from pondstream.sql.statements import CreateStream, CreateView
 
-WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop"}
+WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
 BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "end"),
-               "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end")}
+               "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end"),
+               "SESSION_START": ("session", "start"), "SESSION_END": ("session", "end")}
+WINDOW_ARGS = {"TUMBLE": 2, "HOP": 3, "SESSION": 2}
 AGG_HINT = ("supported aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, STDDEV(_POP|_SAMP), "
             "VARIANCE, VAR_POP, VAR_SAMP, BOOL_AND, BOOL_OR, FIRST_VALUE, LAST_VALUE, APPROX_DISTINCT")
 VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.StddevPop: ("pop", True),
@@ -72,6 +74,7 @@ class ViewPlan:
     identity_columns: list[str] = field(default_factory=list)  # window + keys: what a later version replaces
     options: dict[str, str] = field(default_factory=dict)
     lateness_us: int = 0  # allowed lateness: how long after its end a window still accepts events
+    session_bounds: tuple[str, str] | None = None  # SESSION: partials holding first and last event time
     emit_every_us: int = 0  # EMIT EVERY: early (partial) results of open windows on this schedule
 
     @property
@@ -99,6 +102,7 @@ class _Planner:
         self.select = view.select.copy()
         self.window: WindowSpec | None = None
         self.tvf = False
+        self.session_keys: list[exp.Expression] = []
 
     # -- FROM ------------------------------------------------------------------------------------
     def _source(self) -> CreateStream:
@@ -128,15 +132,18 @@ class _Planner:
             call = call.expressions[0]
         kind = {**WINDOW_FUNCS, "CUMULATE": "cumulate"}.get(call.name.upper())
         if kind is None:
-            raise at(call, f"unsupported table function {call.name}", "use TUMBLE, HOP or CUMULATE")
+            raise at(call, f"unsupported table function {call.name}", "use TUMBLE, HOP, CUMULATE or SESSION")
         args = list(call.expressions)
-        if len(args) != (3 if kind == "tumble" else 4):
+        if len(args) != (3 if kind in ("tumble", "session") else 4):
             usage = {"tumble": "TUMBLE(TABLE s, DESCRIPTOR(ts), size)",
                      "hop": "HOP(TABLE s, DESCRIPTOR(ts), slide, size)",
-                     "cumulate": "CUMULATE(TABLE s, DESCRIPTOR(ts), step, max_size)"}[kind]
+                     "cumulate": "CUMULATE(TABLE s, DESCRIPTOR(ts), step, max_size)",
+                     "session": "SESSION(TABLE s PARTITION BY k, DESCRIPTOR(ts), gap)"}[kind]
             raise at(call, f"{call.name} takes {len(args)} arguments here", f"write {usage}")
         src = args[0]
         if isinstance(src, exp.Anonymous) and src.name.upper() == "TABLE":
+            if len(src.expressions) > 1:  # PARTITION BY keys: the session is per these keys
+                self.session_keys = list(src.expressions[1].expressions)
             src = src.expressions[0]
         stream = self._stream(src)
         ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) else args[1]
@@ -147,9 +154,9 @@ class _Planner:
 
     # -- windows -----------------------------------------------------------------------------------
     def _window_spec(self, kind: str, sizes: list[exp.Expression], node: exp.Expression) -> WindowSpec:
-        if kind == "tumble":
+        if kind in ("tumble", "session"):
             size = interval_us(sizes[0])
-            return WindowSpec("tumble", size, size)
+            return WindowSpec(kind, size, size)
         slide, size = interval_us(sizes[0]), interval_us(sizes[1])
         if size % slide:
             name = "HOP size must be a whole multiple of its slide" if kind == "hop" else \
@@ -157,6 +164,17 @@ class _Planner:
             raise at(node, name, "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)" if kind == "hop"
                      else "e.g. CUMULATE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' HOUR, INTERVAL '1' DAY)")
         return WindowSpec(kind, size, slide)
+
+    def _check_session_keys(self, keys: list[exp.Expression]) -> None:
+        """TVF sessions are per their PARTITION BY keys, which must also be the view's group keys."""
+        if not self.tvf:
+            return
+        group = {to_datafusion(k) for k in keys}
+        part = {to_datafusion(k) for k in self.session_keys}
+        if group != part:
+            raise at(self.select, "SESSION's PARTITION BY keys must be the GROUP BY keys (besides window_start/"
+                                  "window_end)", "e.g. SESSION(TABLE s PARTITION BY k, ...) ... GROUP BY "
+                                                 "window_start, window_end, k")
 
     def _check_time_col(self, col: exp.Expression, stream: CreateStream) -> None:
         if not isinstance(col, exp.Column) or col.name.lower() != stream.event_time.lower():
@@ -180,10 +198,10 @@ class _Planner:
                 if self.window is not None:
                     raise at(g, "only one window per view", "remove the extra window from GROUP BY")
                 self._check_time_col(g.expressions[0] if g.expressions else g, stream)
-                self.window = self._window_spec(WINDOW_FUNCS[g.name.upper()], g.expressions[1:], g)
-                if len(g.expressions) != (2 if g.name.upper() == "TUMBLE" else 3):
+                if len(g.expressions) != WINDOW_ARGS[g.name.upper()]:
                     raise at(g, f"wrong number of arguments to {g.name}",
-                             "TUMBLE(ts, size) or HOP(ts, slide, size)")
+                             "TUMBLE(ts, size), HOP(ts, slide, size) or SESSION(ts, gap)")
+                self.window = self._window_spec(WINDOW_FUNCS[g.name.upper()], g.expressions[1:], g)
             elif isinstance(g, exp.Column) and g.name.lower() in window_cols:
                 continue
             else:
@@ -336,6 +354,9 @@ class _Planner:
                 identity.append(name)
                 shown_keys.add(final.name)
             out_exprs.append(f"{to_datafusion(final)} AS {exp.to_identifier(name, quoted=True).sql()}")
+        if self.window.kind == "session":
+            self._check_session_keys(keys)
+            self.session_bounds = (add("__ts", "min", "min"), add("__ts", "max", "max"))
         if self.window.kind == "cumulate" and not any(b == "end" for b in time_columns.values()):
             out_exprs.append('__we AS "_window_end"')  # CUMULATE windows sharing a start differ by end
             time_columns["_window_end"] = "end"
@@ -358,7 +379,8 @@ class _Planner:
         final_sql = f"SELECT {', '.join(out_exprs)} FROM __win{final_where}"
 
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
-                        partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options))
+                        partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options),
+                        session_bounds=self.session_bounds if self.window.kind == "session" else None)
         if emit_every:
             plan.emit_every_us = int(emit_every) if str(emit_every).isdigit() else \
                 option_duration("emit_every", emit_every)

@@ -29,9 +29,15 @@ SELECT HOP_START(event_time, INTERVAL '20' MINUTE, INTERVAL '1' HOUR) AS ws, cus
        SUM(amount) AS total
 FROM orders GROUP BY HOP(event_time, INTERVAL '20' MINUTE, INTERVAL '1' HOUR), customer_id;
 """
+SESSIONS = """CREATE MATERIALIZED VIEW sessions AS
+SELECT SESSION_START(event_time, INTERVAL '90' SECOND) AS s, SESSION_END(event_time, INTERVAL '90' SECOND) AS e,
+       customer_id, COUNT(*) AS n, MAX(amount) AS top
+FROM orders GROUP BY SESSION(event_time, INTERVAL '90' SECOND), customer_id;
+"""
 QUERIES = {
     "hourly": "SELECT * FROM hourly_sales",
     "hop": "SELECT * FROM hop_counts",
+    "sessions": "SELECT * FROM sessions",
     "late": "SELECT * FROM hourly_sales__late",
     "errors": "SELECT source, \"offset\", error FROM orders__errors",
 }
@@ -48,7 +54,7 @@ def _inputs(tmp_path):
     write_jsonl(d / "c.jsonl", rows[12000:])
     (d / "c.jsonl").write_text((d / "c.jsonl").read_text() + "{broken\n")
     sql = tmp_path / "pipeline.sql"
-    sql.write_text(orders_stream(d, extra=", batch_bytes = '2500'") + HOURLY + HOP)
+    sql.write_text(orders_stream(d, extra=", batch_bytes = '2500'") + HOURLY + HOP + SESSIONS)
     return rows + replay, sql
 
 
@@ -64,6 +70,7 @@ def test_kill_restart_equals_uninterrupted_run(tmp_path):
     full = timed_run(cmd, ref_dir)
     reference = _answers(ref_dir)
     assert len(reference["hourly"]) > 100 and len(reference["late"]) > 100 and len(reference["errors"]) == 1
+    assert 200 < len(reference["sessions"]) < 12000  # sessions that merge across batches and checkpoints
 
     rng = random.Random(1234)
     kills = 0

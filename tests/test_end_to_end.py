@@ -230,3 +230,31 @@ GROUP BY window_start, window_end, customer_id;"""
         FROM w WHERE s + k * INTERVAL '15 minutes' > event_time GROUP BY 1, 2, 3""", rows)
     assert got.num_rows > 200
     assert canon(got) == canon(want)
+
+
+DUCK_SESSIONS = """WITH o AS (SELECT *, CASE WHEN event_time - lag(event_time) OVER (PARTITION BY customer_id
+          ORDER BY event_time) < INTERVAL '2 minutes' THEN 0 ELSE 1 END AS new_session FROM orders),
+     s AS (SELECT *, SUM(new_session) OVER (PARTITION BY customer_id ORDER BY event_time
+          ROWS UNBOUNDED PRECEDING) AS sid FROM o)
+SELECT MIN(event_time) AS window_start, MAX(event_time) + INTERVAL '2 minutes' AS window_end, customer_id,
+       COUNT(*) AS n, SUM(amount) AS total FROM s GROUP BY customer_id, sid"""
+
+
+def test_session_windows_match_duckdb(engine, tmp_path):
+    rows = make_orders(3000, seed=23, step_s=30.0, disorder_s=20.0, keys=5)  # gaps vary around 2.5 min per key
+    write_jsonl(tmp_path / "o.jsonl", rows)
+    ddl = orders_stream(tmp_path / "o.jsonl", delay="INTERVAL '30' SECOND", extra=", batch_bytes = '8000'") + """
+CREATE MATERIALIZED VIEW sessions AS
+SELECT SESSION_START(event_time, INTERVAL '2' MINUTE) AS window_start,
+       SESSION_END(event_time, INTERVAL '2' MINUTE) AS window_end, customer_id, COUNT(*) AS n, SUM(amount) AS total
+FROM orders GROUP BY SESSION(event_time, INTERVAL '2' MINUTE), customer_id;
+CREATE MATERIALIZED VIEW sessions_tvf AS
+SELECT window_start, window_end, customer_id, COUNT(*) AS n, SUM(amount) AS total
+FROM TABLE(SESSION(TABLE orders PARTITION BY customer_id, DESCRIPTOR(event_time), INTERVAL '2' MINUTES))
+GROUP BY window_start, window_end, customer_id;"""
+    got = run_view(engine, ddl, "sessions", tmp_path)
+    assert engine.query("SELECT COUNT(*) AS n FROM sessions__late").column("n")[0].as_py() == 0
+    want = duck(DUCK_SESSIONS, rows)
+    assert 100 < got.num_rows < len(rows) / 2  # real sessions: many, each of several events
+    assert canon(got) == canon(want)
+    assert canon(engine.query("SELECT * FROM sessions_tvf")) == canon(want)

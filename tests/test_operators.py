@@ -118,3 +118,30 @@ def test_cumulate_assignment_matches_brute_force():
     want = sorted((int(t), s, s + k) for t in ts for s in range(-48, 108, 12) for k in (4, 8, 12)
                   if s <= t < s + k)
     assert got == want
+
+
+def test_sessionize_matches_brute_force_per_key():
+    from pondstream.operators.session import sessionize
+
+    rng = random.Random(3)
+    keys = [rng.choice(["a", "b", None]) for _ in range(300)]
+    ts = np.array([rng.randrange(0, 2000) for _ in keys], dtype=np.int64)
+    gap = 37
+    order, ids = sessionize(pa.table({"k": keys}), ts, ts + gap)
+    got = {}
+    for i, sid in zip(order.tolist(), ids.tolist(), strict=True):
+        got.setdefault(sid, []).append((keys[i], int(ts[i])))
+    want = []  # brute force: per key, sort; a gap >= `gap` between neighbours starts a new session
+    for k in {"a", "b", None}:
+        times = sorted(int(t) for kk, t in zip(keys, ts, strict=True) if kk == k)
+        cur = [times[0]]
+        for t in times[1:]:
+            if t - cur[-1] >= gap:
+                want.append((k, tuple(cur)))
+                cur = []
+            cur.append(t)
+        want.append((k, tuple(cur)))
+    assert all(len({k for k, _ in members}) == 1 for members in got.values())  # a session has one key
+    got_sessions = [(members[0][0], tuple(sorted(t for _, t in members))) for members in got.values()]
+    by = lambda x: (str(x[0]), x[1])  # noqa: E731
+    assert sorted(got_sessions, key=by) == sorted(want, key=by)
