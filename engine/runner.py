@@ -40,6 +40,8 @@ from pondstream.state.store import StateStore, Txn
 from pondstream.state.window_state import WindowState, split_by_bound, window_starts
 
 TS = pa.timestamp("us")
+BUCKETS = 64  # shards of a running aggregate's per-key state
+SWEEP = 4  # with state_ttl, untouched shards checked for idle keys per checkpoint
 EPOCH_EVENTS = 1_000_000  # also checkpoint after this many events, so memory does not grow with speed
 
 
@@ -69,6 +71,14 @@ def ts_text(us: int | None) -> str:
     if us >= END_OF_STREAM:
         return "end of input"
     return pa.scalar(us, pa.int64()).cast(TS).as_py().isoformat(sep=" ")
+
+
+def key_in(table: pa.Table, subset: pa.Table, keys: list[str]) -> pa.Array:
+    """Rows of `table` whose key tuple appears in `subset` (NULL keys match NULL keys)."""
+    def strings(t: pa.Table) -> pa.Array:
+        parts = [pc.fill_null(t.column(k).cast(pa.string()), "\u2205") for k in keys]
+        return pc.binary_join_element_wise(*parts, "\u001f")
+    return pc.is_in(strings(table), value_set=strings(subset).combine_chunks())
 
 
 def ensure_series(series: SeriesStore, plan: ViewPlan, stream_schema: pa.Schema) -> None:
@@ -233,6 +243,8 @@ class Runner:
             for v in g.views:
                 if v.plan.window.kind == "session":
                     self._flush_sessions(txn, g, v)
+                elif v.plan.window.kind == "running":
+                    self._flush_running(txn, g, v)
                 else:
                     self._flush_view(txn, g, v)
                 open_windows += v.state.open_windows
@@ -253,6 +265,38 @@ class Runner:
         self._write_status()
         if self.on_progress:
             self.on_progress(self.progress)
+
+    def _flush_running(self, txn: Txn, g: Group, v: ViewRun) -> None:
+        """No window: state per key in RocksDB, sharded into BUCKETS runs so a checkpoint holds one shard
+        at a time in memory. Keys changed since the last checkpoint are written as a new version with
+        their current values; with state_ttl, keys idle that long (in event time) are forgotten."""
+        merged = v.merge(v.pending)
+        v.pending = []
+        wm = g.watermark.value
+        outs = []
+        shard_of = v.op.buckets(merged, BUCKETS) if merged is not None else np.empty(0, np.int64)
+        touched = sorted(set(shard_of.tolist()))
+        sweep = [b for b in sorted(v.state.runs) if b not in touched][: SWEEP] if v.plan.state_ttl_us else []
+        for b in touched + sweep:
+            changed = merged.filter(pa.array(shard_of == b)) if b in touched else None
+            if changed is not None:
+                changed = changed.set_column(0, "__ws", pa.array(np.full(changed.num_rows, b)).cast(TS))
+            current = merge_partials(v.plan, [*v.state.read({b}), changed])
+            if changed is not None:
+                outs.append(current.filter(key_in(current, changed, v.plan.key_columns)))
+            if v.plan.state_ttl_us and wm is not None:
+                seen = current.column(v.plan.last_seen).cast(pa.int64())
+                current = current.filter(pc.greater(pc.add(seen, v.plan.state_ttl_us), wm))
+            if current.num_rows:
+                v.state.replace(txn, current, self.epoch)
+            else:
+                v.state.drop(txn, b)
+        if outs:
+            out = v.op.finalize(pa.concat_tables(outs))
+            if out.num_rows:
+                self.series.write(txn, v.plan.name, out, supersedes=True)
+                self.progress.versions += 1
+        self._finish_flush(txn, g, v, wm)
 
     def _flush_sessions(self, txn: Txn, g: Group, v: ViewRun) -> None:
         """SESSION: merge new partial sessions with the stored open ones; emit those the watermark passed.

@@ -39,6 +39,8 @@ class WindowAggregate:
         ts = pre.column("__ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
         if self.plan.window.kind == "session":
             return self._sessions(pre, ts, watermark_us)
+        if self.plan.window.kind == "running":  # no window, so nothing is ever late
+            return BatchResult(first_partials(self.plan, pre, np.zeros(len(ts), np.int64)), empty, empty)
         rows, ws = assign(ts, self.plan.window)
         if watermark_us is not None:  # too late: the window ended (plus allowed lateness) before this batch
             late = ws + self.plan.window.size_us + self.plan.lateness_us <= watermark_us
@@ -68,6 +70,19 @@ class WindowAggregate:
         pre, ts = pre.take(pa.array(keep)), ts[keep]
         order, ids = sessionize(pre.select(self.plan.key_columns), ts, ts + gap)
         return BatchResult(first_partials(self.plan, pre.take(pa.array(order)), ids), late_rows, late_starts)
+
+    def buckets(self, partials: pa.Table, n: int) -> np.ndarray:
+        """A stable shard number in [0, n) per row, from an md5 of the group keys (computed by DataFusion)."""
+        keys = [f"COALESCE(CAST({k} AS VARCHAR), '\u2205')" for k in self.plan.key_columns]
+        self.ctx.deregister_table("__keys")
+        self.ctx.register_record_batches("__keys", [partials.select(self.plan.key_columns).to_batches()])
+        h = self.ctx.sql(f"SELECT md5(concat_ws('|', {', '.join(keys)})) AS h FROM __keys").to_arrow_table()
+        hexes = h.column("h").combine_chunks().cast(pa.string())
+        data = np.frombuffer(hexes.buffers()[2], np.uint8)
+        starts = np.frombuffer(hexes.buffers()[1], np.int32)[hexes.offset: hexes.offset + len(hexes)]
+        c0, c1 = data[starts], data[starts + 1]
+        digit = lambda c: np.where(c <= 57, c - 48, c - 87).astype(np.int64)  # noqa: E731 - '0'-'9', 'a'-'f'
+        return (digit(c0) * 16 + digit(c1)) % n
 
     def finalize(self, merged: pa.Table) -> pa.Table:
         """The view's rows for complete windows, ordered by window and key for row-group statistics."""

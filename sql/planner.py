@@ -39,7 +39,7 @@ class WindowSpec:
     Internally a window is identified by `end - size` (for TUMBLE and HOP that is its start); CUMULATE
     windows share a start and differ in end, so their true start is derived when rows are emitted."""
 
-    kind: str  # "tumble" | "hop" | "cumulate"
+    kind: str  # "tumble" | "hop" | "cumulate" | "session" | "running" (no window: GROUP BY keys only)
     size_us: int
     slide_us: int
 
@@ -75,6 +75,8 @@ class ViewPlan:
     options: dict[str, str] = field(default_factory=dict)
     lateness_us: int = 0  # allowed lateness: how long after its end a window still accepts events
     session_bounds: tuple[str, str] | None = None  # SESSION: partials holding first and last event time
+    last_seen: str | None = None  # running aggregates: partial with each key's latest event time
+    state_ttl_us: int = 0  # running aggregates: forget keys idle (in event time) this long
     emit_every_us: int = 0  # EMIT EVERY: early (partial) results of open windows on this schedule
 
     @property
@@ -188,9 +190,8 @@ class _Planner:
         names = {f.name.lower(): f.name for f in stream.schema}
         group = sel.args.get("group")
         if group is None:
-            raise at(sel, "a materialized view needs GROUP BY with a window",
-                     "GROUP BY TUMBLE(ts, INTERVAL '1' HOUR), key (running aggregates without a window "
-                     "are not supported yet)")
+            raise at(sel, "a materialized view needs GROUP BY",
+                     "GROUP BY TUMBLE(ts, INTERVAL '1' HOUR), key for windows, or GROUP BY key for running totals")
         keys: list[exp.Expression] = []
         window_cols = {"window_start", "window_end"} if self.tvf else set()
         for g in group.expressions:
@@ -206,9 +207,10 @@ class _Planner:
                 continue
             else:
                 keys.append(g)
-        if self.window is None:
-            raise at(group, "GROUP BY has no window",
-                     "add TUMBLE(ts, INTERVAL '1' HOUR) or HOP(ts, slide, size) to GROUP BY")
+        if self.window is None:  # a running aggregate: one ever-open "window", results per key as they change
+            if not keys:
+                raise at(group, "GROUP BY needs a key or a window", "e.g. GROUP BY customer_id")
+            self.window = WindowSpec("running", 0, 0)
 
         # Resolve every column against the stream (case-insensitively) before anything is compiled.
         for node in [*sel.expressions, *keys, sel.args.get("where"), sel.args.get("having")]:
@@ -354,6 +356,8 @@ class _Planner:
                 identity.append(name)
                 shown_keys.add(final.name)
             out_exprs.append(f"{to_datafusion(final)} AS {exp.to_identifier(name, quoted=True).sql()}")
+        if self.window.kind == "running":  # when each key was last seen: for state_ttl
+            self.last_seen = add("__ts", "max", "max")
         if self.window.kind == "session":
             self._check_session_keys(keys)
             self.session_bounds = (add("__ts", "min", "min"), add("__ts", "max", "max"))
@@ -361,7 +365,7 @@ class _Planner:
             out_exprs.append('__we AS "_window_end"')  # CUMULATE windows sharing a start differ by end
             time_columns["_window_end"] = "end"
             identity.append("_window_end")
-        if not any(b == "start" for b in time_columns.values()):
+        if self.window.kind != "running" and not any(b == "start" for b in time_columns.values()):
             out_exprs.append('__ws AS "_window_start"')  # hidden: a version needs its window to be replaced
             time_columns["_window_start"] = "start"
             identity.append("_window_start")
@@ -380,7 +384,10 @@ class _Planner:
 
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, self.window, pre_sql, key_cols,
                         partials, final_sql, pa.schema([]), time_columns, identity, dict(self.view.options),
-                        session_bounds=self.session_bounds if self.window.kind == "session" else None)
+                        session_bounds=self.session_bounds if self.window.kind == "session" else None,
+                        last_seen=getattr(self, "last_seen", None))
+        if "state_ttl" in plan.options:
+            plan.state_ttl_us = option_duration("state_ttl", plan.options["state_ttl"])
         if emit_every:
             plan.emit_every_us = int(emit_every) if str(emit_every).isdigit() else \
                 option_duration("emit_every", emit_every)

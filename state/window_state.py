@@ -92,6 +92,11 @@ class WindowState:
             txn.put(self.prefix + u64(w) + u64(seq), to_ipc(partials.slice(int(lo), int(hi - lo))))
             self.runs[w] = 1
 
+    def drop(self, txn: Txn, window: int) -> None:
+        """Remove one window's state."""
+        txn.delete_range(*self._window_range(window))
+        self.runs.pop(window, None)
+
     def expire(self, txn: Txn, bound: int) -> None:
         """Drop the state of every window with start <= bound (one range delete)."""
         gone = [w for w in self.runs if w <= bound]
