@@ -41,7 +41,8 @@ from pondstream.state.window_state import WindowState, split_by_bound, window_st
 
 TS = pa.timestamp("us")
 BUCKETS = 64  # shards of a running aggregate's per-key state
-SWEEP = 4  # with state_ttl, untouched shards checked for idle keys per checkpoint
+COMPACT_RUNS = 8  # a shard with this many delta runs is merged into one
+COMPACT_PER_CHECKPOINT = 4  # shards compacted (or, with state_ttl, swept for idle keys) per checkpoint
 EPOCH_EVENTS = 1_000_000  # also checkpoint after this many events, so memory does not grow with speed
 
 
@@ -267,23 +268,30 @@ class Runner:
             self.on_progress(self.progress)
 
     def _flush_running(self, txn: Txn, g: Group, v: ViewRun) -> None:
-        """No window: state per key in RocksDB, sharded into BUCKETS runs so a checkpoint holds one shard
-        at a time in memory. Keys changed since the last checkpoint are written as a new version with
-        their current values; with state_ttl, keys idle that long (in event time) are forgotten."""
+        """No window: state per key in RocksDB, sharded into BUCKETS, each a list of delta runs (the
+        partials of one checkpoint), merged on read. A checkpoint appends its deltas, writes the current
+        values of the changed keys as a new version, and compacts (and applies state_ttl to) a few
+        shards, so neither memory nor a checkpoint's write grows with the number of keys."""
         merged = v.merge(v.pending)
         v.pending = []
         wm = g.watermark.value
         outs = []
         shard_of = v.op.buckets(merged, BUCKETS) if merged is not None else np.empty(0, np.int64)
         touched = sorted(set(shard_of.tolist()))
-        sweep = [b for b in sorted(v.state.runs) if b not in touched][: SWEEP] if v.plan.state_ttl_us else []
-        for b in touched + sweep:
-            changed = merged.filter(pa.array(shard_of == b)) if b in touched else None
-            if changed is not None:
-                changed = changed.set_column(0, "__ws", pa.array(np.full(changed.num_rows, b)).cast(TS))
-            current = merge_partials(v.plan, [*v.state.read({b}), changed])
-            if changed is not None:
-                outs.append(current.filter(key_in(current, changed, v.plan.key_columns)))
+        busy = sorted((b for b in v.state.runs if v.state.runs[b] >= COMPACT_RUNS), key=lambda b: -v.state.runs[b])
+        idle = [b for b in sorted(v.state.runs) if b not in touched] if v.plan.state_ttl_us else []
+        compact = set(busy[:COMPACT_PER_CHECKPOINT] + idle[:COMPACT_PER_CHECKPOINT])
+        for b in sorted(set(touched) | compact):
+            delta = None
+            if b in touched:
+                delta = merged.filter(pa.array(shard_of == b))
+                delta = delta.set_column(0, "__ws", pa.array(np.full(delta.num_rows, b)).cast(TS))
+            current = merge_partials(v.plan, [*v.state.read({b}), delta])
+            if delta is not None:
+                outs.append(current.filter(key_in(current, delta, v.plan.key_columns)))
+            if b not in compact:
+                v.state.append(txn, delta, self.epoch)
+                continue
             if v.plan.state_ttl_us and wm is not None:
                 seen = current.column(v.plan.last_seen).cast(pa.int64())
                 current = current.filter(pc.greater(pc.add(seen, v.plan.state_ttl_us), wm))

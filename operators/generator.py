@@ -48,7 +48,8 @@ class GeneratorSource(Source):
         self.bounded = self.rows > 0
         self.next_row = int((position or {}).get("row", 0))
         self.finished = self.bounded and self.next_row >= self.rows
-        self.customers = pa.array([f"c{i:05d}" for i in range(self.keys)])
+        digits = pc.utf8_lpad(pa.array(np.arange(self.keys)).cast(pa.string()), 5, "0")
+        self.customers = pc.binary_join_element_wise("c", digits, "")  # c00000, c00001, ... (no Python list)
         self._t0 = time.monotonic()
         self._row0 = self.next_row
 
