@@ -120,7 +120,16 @@ class Engine:
         found = cat.find(stmt.name)
         if found and found[0] == "stream":
             raise EngineError(f"{stmt.name} is already a stream; pick another name for the view")
-        plan = plan_view(stmt, cat.stream_stmts())
+        try:
+            plan = plan_view(stmt, cat.stream_stmts())
+        except SqlError as e:
+            name = e.message.removeprefix("unknown stream ") if e.message.startswith("unknown stream") else None
+            up = cat.find(name) if name else None
+            if up and up[0] == "view":
+                raise SqlError(f"view {up[1]} cannot be read as a stream yet: its rows can be replaced by later "
+                               "versions (allowed lateness, EMIT EVERY or a running aggregate)", e.line, e.col,
+                               "read it with a query instead, or drop those options from it", e.sql) from None
+            raise
         if found:
             old = cat.views[found[1]]
             if old.stmt.sql == stmt.sql:
@@ -167,6 +176,9 @@ class Engine:
             series.drop(txn, errors_series(name))
             store.commit(txn)
         else:
+            deps = cat.views_of(name)
+            if deps:
+                raise EngineError(f"view {name} is read by {', '.join(deps)}; drop those views first")
             self._discard_view_state(name)
             del cat.views[name]
         cat.save()

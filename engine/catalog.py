@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from pondstream.sql import CreateStream, CreateView, parse_script
 from pondstream.sql.planner import ViewPlan, plan_view
 
@@ -27,6 +29,18 @@ class StreamEntry:
 class ViewEntry:
     stmt: CreateView
     plan: ViewPlan
+
+
+def view_as_stream(plan: ViewPlan) -> CreateStream | None:
+    """A view another view can read: its visible columns, event time = its window start. Views whose rows
+    get replaced by later versions (allowed lateness, EMIT EVERY, running aggregates) are not offered yet:
+    a downstream view would need to retract what it already counted."""
+    start = plan.start_column
+    if start is None or start.startswith("_") or plan.lateness_us or plan.emit_every_us or \
+            plan.window.kind == "running":
+        return None
+    schema = pa.schema([f for f in plan.output_schema if not f.name.startswith("_")])
+    return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0, {"connector": "view"})
 
 
 @dataclass
@@ -50,7 +64,18 @@ class Catalog:
         return cat
 
     def stream_stmts(self) -> dict[str, CreateStream]:
-        return {n: e.stmt for n, e in self.streams.items()}
+        """What a view can read FROM: the streams, and the views defined so far (as streams)."""
+        out = {n: e.stmt for n, e in self.streams.items()}
+        for name, v in self.views.items():
+            as_stream = view_as_stream(v.plan)
+            if as_stream is not None:
+                out[name] = as_stream
+        return out
+
+    def source_entry(self, name: str) -> StreamEntry:
+        if name in self.streams:
+            return self.streams[name]
+        return StreamEntry(self.stream_stmts()[name], os.getcwd())
 
     def find(self, name: str) -> tuple[str, str] | None:
         """('stream' | 'view', canonical name) for a case-insensitive name."""

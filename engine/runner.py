@@ -30,6 +30,7 @@ from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.session import merge_sessions, session_bounds
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
+from pondstream.operators.view_source import ViewSource
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
 from pondstream.operators.window import closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
@@ -117,6 +118,7 @@ class Group:
     views: list[ViewRun]
     position: Any
     bad: list[pa.Table] = field(default_factory=list)
+    final_committed: bool = False  # a bounded source ended and the checkpoint flushing everything landed
 
 
 @dataclass
@@ -149,11 +151,15 @@ class Runner:
 
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
-        for name, entry in sorted(self.catalog.views.items()):
+        self.downstream: dict[str, list[str]] = {}
+        self.groups_so_far = groups.values()
+        for name, entry in self.catalog.views.items():  # definition order: upstream views come first
             plan = entry.plan
-            stream = self.catalog.streams[plan.stream]
+            stream = self.catalog.source_entry(plan.stream)
             ensure_series(self.series, plan, stream.stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
+            if plan.stream in self.catalog.views:
+                self.downstream.setdefault(plan.stream, []).append(name)
             view = ViewRun(plan, WindowAggregate(plan),
                            WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
             if plan.options.get("sink_topic"):
@@ -162,14 +168,23 @@ class Runner:
                 self._catch_up_sink(view)
             key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))
             if key not in groups:
-                self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
-                src = make_source(stream, meta.get("position"))
+                if plan.stream in self.catalog.streams:
+                    self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
+                src = self._view_source(plan.stream, meta.get("position")) if plan.stream in self.catalog.views \
+                    else make_source(stream, meta.get("position"))
                 idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
                 wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
                 # A source that resolved its start (Kafka 'latest'/'timestamp') has that in the first checkpoint.
                 groups[key] = Group(stream, src, wm, [], meta.get("position") or src.position())
             groups[key].views.append(view)
         return list(groups.values())
+
+    def _view_source(self, upstream: str, position: dict | None) -> ViewSource:
+        """Another view of this pipeline read as a stream (it must already be in a group)."""
+        up = next(g for g in self.groups_so_far if any(v.plan.name == upstream for v in g.views))
+        schema = self.catalog.source_entry(upstream).stmt.schema
+        return ViewSource(schema, self.series.root / upstream, lambda: self.series.entries(upstream),
+                          lambda: up.final_committed, position)
 
     @property
     def finished(self) -> bool:
@@ -226,7 +241,9 @@ class Runner:
                 v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
                                                  .cast(TS)))
                 self.progress.late += rows.num_rows
-        if sb.partition_max is not None:
+        if sb.watermark is not None:
+            g.watermark.advance_to(sb.watermark)
+        elif sb.partition_max is not None:
             g.watermark.observe(sb.partition_max, g.source.partitions())
         else:
             max_ts = pc.max(data.column(g.stream.stmt.event_time))
@@ -258,6 +275,7 @@ class Runner:
         for g in self.groups:
             if g.position is not None:
                 g.source.committed(g.position)
+            g.final_committed = bool(g.source.bounded and g.source.finished)
         wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
         self.progress.watermark = min(wms) if wms else None
         self.progress.open_windows = open_windows
@@ -302,7 +320,7 @@ class Runner:
         if outs:
             out = v.op.finalize(pa.concat_tables(outs))
             if out.num_rows:
-                self.series.write(txn, v.plan.name, out, supersedes=True)
+                self.series.write(txn, v.plan.name, out, supersedes=True, watermark=wm)
                 self.progress.versions += 1
         self._finish_flush(txn, g, v, wm)
 
@@ -320,7 +338,7 @@ class Runner:
             if closed.any():
                 out = v.op.finalize(merged.filter(pa.array(closed)))
                 if out.num_rows:
-                    self.series.write(txn, v.plan.name, out)
+                    self.series.write(txn, v.plan.name, out, watermark=wm)
                     self.progress.versions += 1
             still_open = merged.filter(pa.array(~closed))
             if still_open.num_rows:
@@ -355,7 +373,7 @@ class Runner:
                     v.state.replace(txn, kept, self.epoch)  # emitted, but late events may still update it
                 out = v.op.finalize(partials) if partials is not None else None
                 if out is not None and out.num_rows:
-                    entry = self.series.write(txn, v.plan.name, out,
+                    entry = self.series.write(txn, v.plan.name, out, watermark=wm,
                                               supersedes=bool(updated) or bool(v.plan.emit_every_us))
                     self.progress.versions += 1
                     if v.sink is not None:

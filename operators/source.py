@@ -38,6 +38,7 @@ class SourceBatch:
     position: dict[str, Any]  # where to resume after this batch
     bad: pa.Table | None = None  # malformed records (BAD_RECORD_SCHEMA), never silently dropped
     partition_max: dict[str, int] | None = None  # max event time (µs) per partition, for multi-partition sources
+    watermark: int | None = None  # a source that knows its watermark (a view read as a stream) sets it
 
 
 class Source:

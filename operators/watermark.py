@@ -73,6 +73,11 @@ class Watermark:
             return waiting[0]
         return min(active, key=lambda p: self.max_event[p])
 
+    def advance_to(self, value: int) -> None:
+        """A watermark given by the source itself (never moving back)."""
+        if self.value is None or value > self.value:
+            self.value = value
+
     def finish(self) -> None:
         """A bounded source ended: every window is complete."""
         self.value = END_OF_STREAM

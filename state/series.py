@@ -65,7 +65,8 @@ class SeriesStore:
         _fsync_write(d / META, json.dumps(meta, indent=1).encode())
         _fsync_write(d / SCHEMA, schema.serialize().to_pybytes())
 
-    def write(self, txn: Txn, name: str, table: pa.Table, supersedes: bool = False) -> dict[str, Any]:
+    def write(self, txn: Txn, name: str, table: pa.Table, supersedes: bool = False,
+              watermark: int | None = None) -> dict[str, Any]:
         """Write `table` as the next version of `name` (visible once `txn` commits)."""
         version = txn.meta.get(f"series/{name}", self.version(name)) + 1
         d = self.root / name
@@ -92,7 +93,7 @@ class SeriesStore:
             "max_event_time": _iso(max(r[1] for r in ends)) if ends else (
                 _iso(max(r[1] for r in starts)) if starts else None),
             "ranges": ranges, "written_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
-            "supersedes": supersedes, "bytes": path.stat().st_size,
+            "supersedes": supersedes, "bytes": path.stat().st_size, "watermark": watermark,
         }
         txn.put(self._prefix(name) + u64(version), json.dumps(entry).encode())
         txn.put_meta(f"series/{name}", version)
