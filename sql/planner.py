@@ -391,6 +391,17 @@ class _Planner:
         if emit_every:
             plan.emit_every_us = int(emit_every) if str(emit_every).isdigit() else \
                 option_duration("emit_every", emit_every)
+        kind = self.window.kind
+        unsupported = [(opt, kinds) for opt, kinds in (("allowed_lateness", ("session", "running")),
+                                                        ("emit_every", ("session", "running")),
+                                                        ("state_ttl", ("tumble", "hop", "cumulate", "session")))
+                       if kind in kinds and (opt in plan.options or (opt == "emit_every" and emit_every))]
+        if unsupported:
+            opt = unsupported[0][0].replace("emit_every", "EMIT EVERY")
+            what = "running aggregates" if kind == "running" else f"{kind.upper()} windows"
+            raise at(sel, f"{opt} is not supported for {what}",
+                     "running aggregates already write changed keys at every checkpoint; windows drop their "
+                     "state when they close" if kind != "session" else "sessions are emitted once, when closed")
         if "allowed_lateness" in plan.options:
             plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)

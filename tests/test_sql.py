@@ -154,3 +154,12 @@ def test_engine_refuses_changed_view_unless_reset(tmp_path):
         assert isinstance(e.execute("CREATE MATERIALIZED VIEW v2 AS SELECT 1 AS x FROM orders "
                                     "GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR)")[0], str)
         assert set(e.execute("SHOW MATERIALIZED VIEWS")[0].column("name").to_pylist()) == {"v", "v2"}
+
+
+def test_options_that_do_not_apply_are_refused():
+    e = _err("CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '1 minute') AS SELECT customer_id, COUNT(*) AS n "
+             "FROM orders GROUP BY SESSION(event_time, INTERVAL '5' MINUTE), customer_id")
+    assert "allowed_lateness is not supported for SESSION windows" in e.message
+    e = _err("CREATE MATERIALIZED VIEW v WITH (state_ttl = '1 day') AS SELECT COUNT(*) AS n FROM orders "
+             "GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR)")
+    assert "state_ttl is not supported for TUMBLE windows" in e.message
