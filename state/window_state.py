@@ -8,7 +8,7 @@ one merged run), or compacted into one when they pile up; a range delete drops e
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -51,16 +51,11 @@ class WindowState:
     def open_windows(self) -> int:
         return len(self.runs)
 
-    def append(self, txn: Txn, partials: pa.Table, seq: int) -> None:
-        """One run per window present in `partials` (sorted by window start)."""
+    def append(self, txn: Txn, partials: pa.Table | None, seq: int) -> None:
+        """One run per window present in `partials`."""
         if partials is None or partials.num_rows == 0:
             return
-        partials = partials.sort_by("__ws")
-        ws = partials.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
-        cuts = np.flatnonzero(np.diff(ws)) + 1
-        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ws)])), strict=True):
-            w = int(ws[lo])
-            part = partials.slice(int(lo), int(hi - lo))
+        for w, part in by_window(partials):
             if self.runs[w] >= COMPACT_AFTER:
                 lo_key, hi_key = self._window_range(w)
                 part = self.merge([*self._read(lo_key, hi_key), part])
@@ -83,13 +78,9 @@ class WindowState:
 
     def replace(self, txn: Txn, partials: pa.Table, seq: int) -> None:
         """Make `partials` the only run of each window it holds (emitted windows kept for lateness)."""
-        partials = partials.sort_by("__ws")
-        ws = partials.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
-        cuts = np.flatnonzero(np.diff(ws)) + 1
-        for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ws)])), strict=True):
-            w = int(ws[lo])
+        for w, part in by_window(partials):
             txn.delete_range(*self._window_range(w))
-            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(partials.slice(int(lo), int(hi - lo))))
+            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(part))
             self.runs[w] = 1
 
     def drop(self, txn: Txn, window: int) -> None:
@@ -104,6 +95,15 @@ class WindowState:
             txn.delete_range(self.prefix, self.prefix + u64(max(gone) + 1))
             for w in gone:
                 del self.runs[w]
+
+
+def by_window(partials: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(window id, its rows) for each window in a partial table."""
+    partials = partials.sort_by("__ws")
+    ws = partials.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
+    cuts = np.flatnonzero(np.diff(ws)) + 1
+    for lo, hi in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(ws)])), strict=True):
+        yield int(ws[lo]), partials.slice(int(lo), int(hi - lo))
 
 
 def split_by_bound(partials: pa.Table | None, bound: int) -> tuple[pa.Table | None, pa.Table | None]:
