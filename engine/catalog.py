@@ -32,12 +32,10 @@ class ViewEntry:
 
 
 def view_as_stream(plan: ViewPlan) -> CreateStream | None:
-    """A view another view can read: its visible columns, event time = its window start. Views whose rows
-    get replaced by later versions (allowed lateness, EMIT EVERY, running aggregates) are not offered yet:
-    a downstream view would need to retract what it already counted."""
+    """A view another view can read: its visible columns, event time = its window start. (A running
+    aggregate has no event time, so it cannot be read as a stream.)"""
     start = plan.start_column
-    if start is None or start.startswith("_") or plan.lateness_us or plan.emit_every_us or \
-            plan.window.kind == "running":
+    if start is None or start.startswith("_") or plan.window.kind == "running":
         return None
     schema = pa.schema([f for f in plan.output_schema if not f.name.startswith("_")])
     return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0, {"connector": "view"})

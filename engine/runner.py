@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from datafusion import SessionContext
 
 from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.operators.file_source import FileSource
@@ -32,12 +33,13 @@ from pondstream.operators.session import merge_sessions, session_bounds
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
 from pondstream.operators.view_source import ViewSource
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
-from pondstream.operators.window import closing_bound, true_start
+from pondstream.operators.window import assign, closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
+from pondstream.state.table import register_series
 from pondstream.state.window_state import WindowState, split_by_bound, window_starts
 
 TS = pa.timestamp("us")
@@ -225,6 +227,15 @@ class Runner:
             self.progress.bad += sb.bad.num_rows
         if data.num_rows == 0:
             return
+        if isinstance(g.source, ViewSource):  # recomputed from the upstream at close: note the windows
+            ts = data.column(g.stream.stmt.event_time).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            for v in g.views:
+                v.meta["touched"] = sorted(set(v.meta.get("touched", [])) |
+                                           set(assign(ts, v.plan.window)[1].tolist()))
+            if sb.watermark is not None:
+                g.watermark.advance_to(sb.watermark)
+            self.progress.events += data.num_rows
+            return
         data = data.add_column(0, "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         before = g.watermark.value
         for v in g.views:
@@ -259,7 +270,9 @@ class Runner:
             if g.source.bounded and g.source.finished:
                 g.watermark.finish()
             for v in g.views:
-                if v.plan.window.kind == "session":
+                if isinstance(g.source, ViewSource):
+                    self._flush_recomputed(txn, g, v)
+                elif v.plan.window.kind == "session":
                     self._flush_sessions(txn, g, v)
                 elif v.plan.window.kind == "running":
                     self._flush_running(txn, g, v)
@@ -344,6 +357,38 @@ class Runner:
             if still_open.num_rows:
                 zero = pa.array(np.zeros(still_open.num_rows, np.int64)).cast(TS)
                 v.state.replace(txn, still_open.set_column(0, "__ws", zero), self.epoch)
+        self._finish_flush(txn, g, v, wm)
+
+    def _flush_recomputed(self, txn: Txn, g: Group, v: ViewRun) -> None:
+        """A view over a view keeps no state of its own: the upstream's series is it. Windows that new
+        upstream versions touched are computed from the upstream's latest rows (as of the version read)
+        once the watermark has passed them; an upstream re-emission touches them again, and they are
+        re-emitted as a superseding version."""
+        wm = g.watermark.value
+        spec = v.plan.window
+        touched = set(v.meta.get("touched", []))
+        closed = sorted(w for w in touched if wm is not None and w + spec.size_us <= wm)
+        if closed:
+            src: ViewSource = g.source
+            ctx = SessionContext()
+            register_series(ctx, "__up", src.dir, as_of=src.version)
+            lo = int(true_start(np.array(closed), spec).min())
+            hi = max(closed) + spec.size_us
+            tcol = g.stream.stmt.event_time
+            rows = ctx.sql(f'SELECT * FROM "__up" WHERE "{tcol}" >= arrow_cast({lo}, \'Timestamp(Microsecond, None)\') '
+                           f'AND "{tcol}" < arrow_cast({hi}, \'Timestamp(Microsecond, None)\')').to_arrow_table()
+            rows = rows.select(g.stream.stmt.schema.names).cast(g.stream.stmt.schema)
+            rows = rows.add_column(0, "__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+            part = v.op.process(rows, None).partials if rows.num_rows else None
+            if part is not None:
+                wanted = pa.array(closed, pa.int64()).cast(TS)
+                part = merge_partials(v.plan, [part.filter(pc.is_in(part.column("__ws"), value_set=wanted))])
+            if part is not None:
+                out = v.op.finalize(part)
+                if out.num_rows:
+                    self.series.write(txn, v.plan.name, out, supersedes=True, watermark=wm)
+                    self.progress.versions += 1
+            v.meta["touched"] = sorted(touched - set(closed))
         self._finish_flush(txn, g, v, wm)
 
     def _flush_view(self, txn: Txn, g: Group, v: ViewRun) -> None:

@@ -392,6 +392,9 @@ class _Planner:
             plan.emit_every_us = int(emit_every) if str(emit_every).isdigit() else \
                 option_duration("emit_every", emit_every)
         kind = self.window.kind
+        if stream.options.get("connector") == "view" and kind in ("session", "running"):
+            raise at(sel, f"a {'SESSION window' if kind == 'session' else 'running aggregate'} over another "
+                          f"view is not supported yet", "use TUMBLE, HOP or CUMULATE over a view")
         unsupported = [(opt, kinds) for opt, kinds in (("allowed_lateness", ("session", "running")),
                                                         ("emit_every", ("session", "running")),
                                                         ("state_ttl", ("tumble", "hop", "cumulate", "session")))

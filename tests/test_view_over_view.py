@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from pondstream.engine import EngineError
-from pondstream.sql import SqlError
 
-from conftest import HOURLY, canon, duck, make_orders, orders_stream, write_jsonl
+from conftest import HOURLY, START, canon, duck, make_orders, orders_stream, write_jsonl
 
 DAILY = """CREATE MATERIALIZED VIEW six_hourly AS
 SELECT TUMBLE_START(hour, INTERVAL '6' HOUR) AS period, customer_id, SUM(orders) AS orders, SUM(total) AS total,
@@ -34,9 +35,32 @@ def test_view_over_view_matches_duckdb(engine, tmp_path):
         engine.execute("DROP MATERIALIZED VIEW hourly_sales")
 
 
-def test_views_whose_rows_get_replaced_cannot_be_read_yet(engine, tmp_path):
-    write_jsonl(tmp_path / "o.jsonl", make_orders(10))
-    lateness = HOURLY.replace("hourly_sales AS", "hourly_sales WITH (allowed_lateness = '5 minutes') AS")
-    engine.execute(orders_stream(tmp_path / "o.jsonl") + lateness, base_dir=str(tmp_path))
-    with pytest.raises(SqlError, match="view hourly_sales cannot be read as a stream yet"):
-        engine.execute(DAILY)
+def test_upstream_reemission_updates_the_downstream_view(engine, tmp_path):
+    """The hourly view accepts late events for 45 minutes and re-emits their hour; the two-hourly view
+    over it had already emitted that period, and re-emits it with the corrected hour."""
+    on_time = make_orders(4000, seed=51, step_s=2.0, disorder_s=3.0)  # ~2h13m: period [0, 2h) closes
+    replay = make_orders(500, seed=52, step_s=12.0, disorder_s=0.0, start=START + timedelta(minutes=5))
+    for i, r in enumerate(replay):
+        r["order_id"] = 500_000 + i
+    write_jsonl(tmp_path / "in" / "1.jsonl", on_time)
+    write_jsonl(tmp_path / "in" / "2.jsonl", replay)
+    hourly = HOURLY.replace("hourly_sales AS", "hourly_sales WITH (allowed_lateness = '45 minutes') AS")
+    engine.execute(orders_stream(tmp_path / "in") + hourly + TWO_HOURLY, base_dir=str(tmp_path))
+    engine.run(checkpoint_interval=0.0)
+    kept = [r for r in engine.query("SELECT order_id FROM hourly_sales__late").column("order_id").to_pylist()]
+    accepted = [r for r in replay if r["order_id"] not in set(kept)]
+    assert kept and accepted
+    want = duck(f"""WITH h AS ({DUCK_HOURLY}) SELECT time_bucket(INTERVAL '2 hours', hour) AS period, customer_id,
+        SUM(orders)::BIGINT AS orders FROM h GROUP BY 1, 2""", on_time + accepted)
+    assert canon(engine.query("SELECT * FROM two_hourly")) == canon(want)
+    first = duck(f"""WITH h AS ({DUCK_HOURLY}) SELECT time_bucket(INTERVAL '2 hours', hour) AS period, customer_id,
+        SUM(orders)::BIGINT AS orders FROM h GROUP BY 1, 2 HAVING period < TIMESTAMP '2026-01-01 02:00:00'""",
+                 on_time)
+    assert canon(engine.query("SELECT * FROM two_hourly VERSION AS OF 1")) == canon(first)  # before the fix-up
+
+
+TWO_HOURLY = """CREATE MATERIALIZED VIEW two_hourly AS
+SELECT TUMBLE_START(hour, INTERVAL '2' HOUR) AS period, customer_id, SUM(orders) AS orders
+FROM hourly_sales GROUP BY TUMBLE(hour, INTERVAL '2' HOUR), customer_id;"""
+DUCK_HOURLY = """SELECT time_bucket(INTERVAL '1 hour', event_time) AS hour, customer_id, COUNT(*) AS orders
+    FROM orders WHERE amount > 0 GROUP BY 1, 2"""
