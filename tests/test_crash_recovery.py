@@ -110,7 +110,8 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
 
 
 def test_kill_restart_during_reemission_with_allowed_lateness(tmp_path):
-    """Late events within the allowed lateness re-emit windows; kills at random moments change nothing."""
+    """Late events within the allowed lateness re-emit windows (and, through a view over the view, its
+    periods); kills at random moments change nothing."""
     rows = make_orders(12000, seed=71, step_s=3.0, disorder_s=3.0)
     d = tmp_path / "in"
     chunks = [rows[i:i + 3000] for i in range(0, 12000, 3000)]
@@ -124,18 +125,23 @@ def test_kill_restart_during_reemission_with_allowed_lateness(tmp_path):
     sql = tmp_path / "p.sql"
     sql.write_text(orders_stream(d, extra=", batch_bytes = '4000'") + HOURLY.replace(
         "CREATE MATERIALIZED VIEW hourly_sales AS",
-        "CREATE MATERIALIZED VIEW hourly_sales WITH (allowed_lateness = '40 minutes') AS"))
+        "CREATE MATERIALIZED VIEW hourly_sales WITH (allowed_lateness = '40 minutes') AS") + """
+CREATE MATERIALIZED VIEW three_hourly AS
+SELECT TUMBLE_START(hour, INTERVAL '3' HOUR) AS period, customer_id, SUM(orders) AS orders, MAX(total) AS top
+FROM hourly_sales GROUP BY TUMBLE(hour, INTERVAL '3' HOUR), customer_id;""")
     cmd = [PYTHON, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet", "--checkpoint-interval", "0.02"]
     full = timed_run(cmd, tmp_path / "reference")
 
     def answers(state):
         with Engine(state) as e:
-            return canon(e.query(QUERIES["hourly"])), canon(e.query(QUERIES["late"]))
+            return (canon(e.query(QUERIES["hourly"])), canon(e.query(QUERIES["late"])),
+                    canon(e.query("SELECT * FROM three_hourly")))
 
     reference = answers(tmp_path / "reference")
     log = (tmp_path / "reference" / "series" / "hourly_sales" / "_log.jsonl").read_text().splitlines()
     assert sum(json.loads(x)["supersedes"] for x in log) >= 2  # windows really were re-emitted
     assert reference[1], "some replayed events should be beyond the lateness"
+    assert len(reference[2]) > 20  # the view over the view, re-emitted as the hourly view re-emits
     rng = random.Random(99)
     kills = 0
     for trial in range(3):
