@@ -101,13 +101,13 @@ class ViewRun:
     pending: list[pa.Table] = field(default_factory=list)
     late: list[pa.Table] = field(default_factory=list)
     sink: KafkaSink | None = None
+    last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
     def merge(self, tables: list[pa.Table | None]) -> pa.Table | None:
         """Combine partial tables: by window and key, or for SESSION by overlapping session."""
         if self.plan.window.kind == "session":
             return merge_sessions(self.plan, tables)
         return merge_partials(self.plan, tables)
-    last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
 
 @dataclass
@@ -153,15 +153,12 @@ class Runner:
 
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
-        self.downstream: dict[str, list[str]] = {}
         self.groups_so_far = groups.values()
         for name, entry in self.catalog.views.items():  # definition order: upstream views come first
             plan = entry.plan
             stream = self.catalog.source_entry(plan.stream)
             ensure_series(self.series, plan, stream.stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
-            if plan.stream in self.catalog.views:
-                self.downstream.setdefault(plan.stream, []).append(name)
             view = ViewRun(plan, WindowAggregate(plan),
                            WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
             if plan.options.get("sink_topic"):
@@ -331,10 +328,7 @@ class Runner:
             else:
                 v.state.drop(txn, b)
         if outs:
-            out = v.op.finalize(pa.concat_tables(outs))
-            if out.num_rows:
-                self.series.write(txn, v.plan.name, out, supersedes=True, watermark=wm)
-                self.progress.versions += 1
+            self._write_version(txn, v, v.op.finalize(pa.concat_tables(outs)), wm, supersedes=True)
         self._finish_flush(txn, g, v, wm)
 
     def _flush_sessions(self, txn: Txn, g: Group, v: ViewRun) -> None:
@@ -349,10 +343,7 @@ class Runner:
             if wm is not None:
                 closed = session_bounds(merged, v.plan)[1] <= wm
             if closed.any():
-                out = v.op.finalize(merged.filter(pa.array(closed)))
-                if out.num_rows:
-                    self.series.write(txn, v.plan.name, out, watermark=wm)
-                    self.progress.versions += 1
+                self._write_version(txn, v, v.op.finalize(merged.filter(pa.array(closed))), wm)
             still_open = merged.filter(pa.array(~closed))
             if still_open.num_rows:
                 zero = pa.array(np.zeros(still_open.num_rows, np.int64)).cast(TS)
@@ -384,10 +375,7 @@ class Runner:
                 wanted = pa.array(closed, pa.int64()).cast(TS)
                 part = merge_partials(v.plan, [part.filter(pc.is_in(part.column("__ws"), value_set=wanted))])
             if part is not None:
-                out = v.op.finalize(part)
-                if out.num_rows:
-                    self.series.write(txn, v.plan.name, out, supersedes=True, watermark=wm)
-                    self.progress.versions += 1
+                self._write_version(txn, v, v.op.finalize(part), wm, supersedes=True)
             v.meta["touched"] = sorted(touched - set(closed))
         self._finish_flush(txn, g, v, wm)
 
@@ -416,13 +404,9 @@ class Runner:
                     pc.greater(partials.column("__ws"), pa.scalar(expire, pa.int64()).cast(TS))), close)
                 if kept is not None and kept.num_rows:
                     v.state.replace(txn, kept, self.epoch)  # emitted, but late events may still update it
-                out = v.op.finalize(partials) if partials is not None else None
-                if out is not None and out.num_rows:
-                    entry = self.series.write(txn, v.plan.name, out, watermark=wm,
-                                              supersedes=bool(updated) or bool(v.plan.emit_every_us))
-                    self.progress.versions += 1
-                    if v.sink is not None:
-                        txn.after_commit.append(lambda v=v, out=out, n=entry["version"]: self._publish(v, out, n))
+                if partials is not None:
+                    self._write_version(txn, v, v.op.finalize(partials), wm,
+                                        supersedes=bool(updated) or bool(v.plan.emit_every_us))
             v.state.expire(txn, expire)
             v.meta["emitted_upto"] = close if done is None else max(done, close)
             if updated:
@@ -448,9 +432,17 @@ class Runner:
             return
         out = v.op.finalize(partials)
         out = out.set_column(out.schema.get_field_index("is_final"), "is_final", pa.array([False] * out.num_rows))
-        if out.num_rows:
-            self.series.write(txn, v.plan.name, out, supersedes=True)
-            self.progress.versions += 1
+        self._write_version(txn, v, out, None, supersedes=True)
+
+    def _write_version(self, txn: Txn, v: ViewRun, out: pa.Table, wm: int | None, supersedes: bool = False) -> None:
+        """Every emission of every window kind goes through here: a new version of the view's series
+        (visible once `txn` commits), then, if the view has a sink, its rows are published."""
+        if not out.num_rows:
+            return
+        entry = self.series.write(txn, v.plan.name, out, supersedes=supersedes, watermark=wm)
+        self.progress.versions += 1
+        if v.sink is not None:
+            txn.after_commit.append(lambda: self._publish(v, out, entry["version"]))
 
     def _publish(self, v: ViewRun, table: pa.Table, version: int) -> None:
         """After the version's checkpoint landed: send it, then record it as sent (at-least-once)."""

@@ -282,3 +282,33 @@ def test_csv_messages(broker, tmp_path):
         e.execute(kafka_stream(bs, "csv_orders", ", scan_bounded = 'latest'").replace("'json'", "'csv'") + HOURLY)
         e.run(checkpoint_interval=0.0)
         assert canon(e.query("SELECT * FROM hourly_sales")) == canon(duck(DUCK_HOURLY, rows))
+
+
+def test_every_window_kind_publishes_to_its_sink(broker, tmp_path):
+    """Sessions and running aggregates emit through the same path as windows, so their sinks see every row."""
+    _, bs = broker
+    rows = make_orders(2000, seed=42, step_s=30.0, keys=4)
+    produce_rows(bs, "kinds_in", rows)
+    ensure_topic(bs, "sessions_out", 1)
+    ensure_topic(bs, "totals_out", 1)
+    views = """CREATE MATERIALIZED VIEW sessions WITH (sink_topic = 'sessions_out') AS
+    SELECT SESSION_START(event_time, INTERVAL '2' MINUTE) AS s, customer_id, COUNT(*) AS n
+    FROM orders GROUP BY SESSION(event_time, INTERVAL '2' MINUTE), customer_id;
+    CREATE MATERIALIZED VIEW totals WITH (sink_topic = 'totals_out') AS
+    SELECT customer_id, COUNT(*) AS n FROM orders GROUP BY customer_id;"""
+    with Engine(tmp_path / "s") as e:
+        e.execute(kafka_stream(bs, "kinds_in", ", scan_bounded = 'latest'") + views)
+        e.run(checkpoint_interval=0.0)
+        n_sessions = e.query("SELECT COUNT(*) AS n FROM sessions").column("n")[0].as_py()
+        totals = {r["customer_id"]: r["n"] for r in e.query("SELECT * FROM totals").to_pylist()}
+        sent = e.status()["series"]["totals"]["rows"]  # every version's rows
+    assert n_sessions > 10
+    assert len(_consume_all(bs, "sessions_out", n_sessions)) == n_sessions
+    latest = {}
+    msgs = _consume_all(bs, "totals_out", sent)
+    assert len(msgs) == sent
+    for m in msgs:
+        v = json.loads(m.value())
+        if v["customer_id"] not in latest or latest[v["customer_id"]]["_version"] < v["_version"]:
+            latest[v["customer_id"]] = v
+    assert {k: v["n"] for k, v in latest.items()} == totals
