@@ -126,9 +126,10 @@ class Engine:
             name = e.message.removeprefix("unknown stream ") if e.message.startswith("unknown stream") else None
             up = cat.find(name) if name else None
             if up and up[0] == "view":
-                raise SqlError(f"view {up[1]} cannot be read as a stream yet: its rows can be replaced by later "
-                               "versions (allowed lateness, EMIT EVERY or a running aggregate)", e.line, e.col,
-                               "read it with a query instead, or drop those options from it", e.sql) from None
+                raise SqlError(f"view {up[1]} cannot be read as a stream: it has no window-start column to use as "
+                               "event time (a running aggregate, or a window whose start it does not select)",
+                               e.line, e.col, "select TUMBLE_START(...) (or window_start) in it, or query it "
+                               "instead", e.sql) from None
             raise
         if found:
             old = cat.views[found[1]]

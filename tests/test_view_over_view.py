@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from pondstream.engine import EngineError
+from pondstream.sql import SqlError
 
 from conftest import HOURLY, START, canon, duck, make_orders, orders_stream, write_jsonl
 
@@ -64,3 +65,12 @@ SELECT TUMBLE_START(hour, INTERVAL '2' HOUR) AS period, customer_id, SUM(orders)
 FROM hourly_sales GROUP BY TUMBLE(hour, INTERVAL '2' HOUR), customer_id;"""
 DUCK_HOURLY = """SELECT time_bucket(INTERVAL '1 hour', event_time) AS hour, customer_id, COUNT(*) AS orders
     FROM orders WHERE amount > 0 GROUP BY 1, 2"""
+
+
+def test_a_view_without_event_time_cannot_be_read_as_a_stream(engine, tmp_path):
+    write_jsonl(tmp_path / "o.jsonl", make_orders(10))
+    totals = "CREATE MATERIALIZED VIEW totals AS SELECT customer_id, COUNT(*) AS n FROM orders GROUP BY customer_id;"
+    engine.execute(orders_stream(tmp_path / "o.jsonl") + totals, base_dir=str(tmp_path))
+    with pytest.raises(SqlError, match="view totals cannot be read as a stream: it has no window-start column"):
+        engine.execute("CREATE MATERIALIZED VIEW t2 AS SELECT COUNT(*) AS n FROM totals "
+                       "GROUP BY TUMBLE(customer_id, INTERVAL '1' HOUR)")
