@@ -234,9 +234,10 @@ class Runner:
             self.progress.events += data.num_rows
             return
         data = data.add_column(0, "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
-        before = g.watermark.value
+        ts = data.column(g.stream.stmt.event_time).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        wm = g.watermark.per_event(ts, sb.partitions, g.source.partitions())
         for v in g.views:
-            r = v.op.process(data, before)
+            r = v.op.process(data, wm)
             if r.partials is not None:
                 v.pending.append(r.partials)
                 if len(v.pending) >= 16:
@@ -246,16 +247,8 @@ class Runner:
                 starts = r.late_windows if v.plan.window.kind == "session" else \
                     true_start(r.late_windows, v.plan.window)
                 rows = rows.append_column("_window_start", pa.array(starts).cast(TS))
-                v.late.append(rows.append_column("_watermark", pa.array([before] * rows.num_rows, pa.int64())
-                                                 .cast(TS)))
+                v.late.append(rows.append_column("_watermark", pa.array(wm[r.late_rows]).cast(TS)))
                 self.progress.late += rows.num_rows
-        if sb.watermark is not None:
-            g.watermark.advance_to(sb.watermark)
-        elif sb.partition_max is not None:
-            g.watermark.observe(sb.partition_max, g.source.partitions())
-        else:
-            max_ts = pc.max(data.column(g.stream.stmt.event_time))
-            g.watermark.observe({"0": max_ts.cast(pa.int64()).as_py()} if max_ts.is_valid else {})
         self.progress.events += data.num_rows
 
     def checkpoint(self) -> None:
@@ -332,22 +325,36 @@ class Runner:
         self._finish_flush(txn, g, v, wm)
 
     def _flush_sessions(self, txn: Txn, g: Group, v: ViewRun) -> None:
-        """SESSION: merge new partial sessions with the stored open ones; emit those the watermark passed.
-        Open sessions are kept as one run (window id 0), replaced at each checkpoint."""
-        merged = merge_sessions(v.plan, [*v.state.read({0}), *v.pending])
+        """SESSION: merge new partial sessions with the stored ones; emit those the watermark passed.
+
+        State is two runs, replaced at each checkpoint: open sessions (id 0) and emitted ones (id 1),
+        kept until the watermark passes their end + gap. An on-time event can still extend an emitted
+        session (its own interval [ts, ts + gap) is open, yet it starts before that session's end); the
+        merged session keeps its start and is written again, superseding the old row. So the final
+        sessions are those of all on-time events, whatever the batching, and never overlap."""
+        emitted = merge_sessions(v.plan, v.state.read({1}))
+        merged = merge_sessions(v.plan, [*v.state.read({0}), emitted, *v.pending])
         v.pending = []
         wm = g.watermark.value
-        v.state.expire(txn, 0)
+        v.state.expire(txn, 1)
         if merged is not None:
-            closed = np.zeros(merged.num_rows, dtype=bool)
-            if wm is not None:
-                closed = session_bounds(merged, v.plan)[1] <= wm
-            if closed.any():
-                self._write_version(txn, v, v.op.finalize(merged.filter(pa.array(closed))), wm)
-            still_open = merged.filter(pa.array(~closed))
-            if still_open.num_rows:
-                zero = pa.array(np.zeros(still_open.num_rows, np.int64)).cast(TS)
-                v.state.replace(txn, still_open.set_column(0, "__ws", zero), self.epoch)
+            _, end = session_bounds(merged, v.plan)
+            closed = np.zeros(merged.num_rows, dtype=bool) if wm is None else end <= wm
+            lo, hi = v.plan.session_bounds
+            keys = v.plan.key_columns
+            if emitted is not None:  # a changed session always has a new end: unchanged ones are not rewritten
+                fresh = closed & ~key_in(merged, emitted, [*keys, lo, hi]).to_numpy(zero_copy_only=False)
+            else:
+                fresh = closed
+            if fresh.any():
+                out = merged.filter(pa.array(fresh))
+                again = emitted is not None and pc.any(key_in(out, emitted, [*keys, lo])).as_py()
+                self._write_version(txn, v, v.op.finalize(out), wm, supersedes=bool(again))
+            for wid, keep in ((0, ~closed), (1, closed & (end + v.plan.window.size_us > (wm or 0)))):
+                kept = merged.filter(pa.array(keep))
+                if kept.num_rows:
+                    ids = pa.array(np.full(kept.num_rows, wid, np.int64)).cast(TS)
+                    v.state.replace(txn, kept.set_column(0, "__ws", ids), self.epoch)
         self._finish_flush(txn, g, v, wm)
 
     def _flush_recomputed(self, txn: Txn, g: Group, v: ViewRun) -> None:

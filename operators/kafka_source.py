@@ -217,13 +217,7 @@ class KafkaSource(Source):
             bad = bad_records(self.topic, offs[idx].tolist(), [values[i] for i in idx], [e for _, _, e in d.bad],
                               partitions=parts[idx].tolist())
         table = d.table if d.table is not None else self.schema.empty_table()
-        partition_max: dict[str, int] = {}
-        if table.num_rows:
-            by = pa.table({"p": pa.array(parts[d.row_lines]), "t": table.column(self.event_time).cast(pa.int64())})
-            agg = by.group_by("p", use_threads=False).aggregate([("t", "max")])
-            partition_max = {str(p): t for p, t in zip(agg.column(0).to_pylist(), agg.column(1).to_pylist(),
-                                                       strict=True)}
-        return SourceBatch(table, position, bad, partition_max)
+        return SourceBatch(table, position, bad, partitions=parts[d.row_lines])
 
     def position(self) -> dict[str, Any]:
         pos: dict[str, Any] = {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 BAD_RECORD_SCHEMA = pa.schema([
@@ -37,8 +38,8 @@ class SourceBatch:
     data: pa.Table  # columns exactly as the stream declares them
     position: dict[str, Any]  # where to resume after this batch
     bad: pa.Table | None = None  # malformed records (BAD_RECORD_SCHEMA), never silently dropped
-    partition_max: dict[str, int] | None = None  # max event time (µs) per partition, for multi-partition sources
     watermark: int | None = None  # a source that knows its watermark (a view read as a stream) sets it
+    partitions: np.ndarray | None = None  # partition number of each row (sources with several partitions)
 
 
 class Source:

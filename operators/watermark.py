@@ -5,6 +5,10 @@ watermark is the minimum over partitions that are not idle, so one slow partitio
 (correctly), but a partition silent for longer than `idle_timeout` stops holding them back until it
 delivers again. When every partition is idle, the maximum is used (as Flink does), so a quiet topic still
 closes the windows it has fully delivered. Single-partition sources (files, the generator) use "0".
+
+Lateness is judged per event, never per batch: `per_event` gives each event the watermark formed by the
+events read before it in its own partition (a running maximum), so where a batch happens to be cut, and how
+partitions interleave, cannot change which events are late.
 """
 
 from __future__ import annotations
@@ -29,14 +33,34 @@ class Watermark:
     def state(self) -> dict[str, Any]:
         return {"value": self.value, "partitions": self.max_event}
 
-    def observe(self, partition_max: dict[str, int], partitions: list[str] | None = None) -> None:
-        """Record the max event time per partition in a batch (and which partitions exist)."""
+    def per_event(self, ts: np.ndarray, partition: np.ndarray | None = None,
+                  partitions: list[str] | None = None) -> np.ndarray:
+        """Read a batch: return the watermark each event is judged by (µs, int64), then advance.
+
+        An event's watermark is its partition's, formed by the events before it (running max of event
+        times minus the delay; an event's own time cannot make it late, so the max may include it), and
+        never below the source's watermark at the start of the batch, so windows already closed (e.g.
+        released by an idle partition) stay closed. `partition` holds each event's partition number
+        (None: all in "0"); `partitions` lists the partitions that exist."""
+        floor = -END_OF_STREAM if self.value is None else self.value
+        out = np.empty(len(ts), np.int64)
+        groups = [(0, None)] if partition is None else [(int(p), np.flatnonzero(partition == p))
+                                                         for p in np.unique(partition)]
         now = time.monotonic()
-        for p, ts in partition_max.items():
-            prev = self.max_event.get(p)
-            self.max_event[p] = ts if prev is None else max(prev, ts)
-            self.last_seen[p] = now
+        for p, idx in groups:  # one vectorized pass per partition (a handful), not per event
+            run = np.maximum.accumulate(ts if idx is None else ts[idx])
+            prev = self.max_event.get(str(p))
+            if prev is not None:
+                run = np.maximum(run, prev)
+            if len(run):
+                self.max_event[str(p)], self.last_seen[str(p)] = int(run[-1]), now
+            wm = np.maximum(run - self.delay_us, floor)
+            if idx is None:
+                out[:] = wm
+            else:
+                out[idx] = wm
         self.tick(partitions)
+        return out
 
     def tick(self, partitions: list[str] | None = None) -> None:
         """Re-evaluate (also without data): partitions may have become idle."""

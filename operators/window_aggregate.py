@@ -28,8 +28,9 @@ class WindowAggregate:
         self.plan = plan
         self.ctx = session()
 
-    def process(self, batch: pa.Table, watermark_us: int | None) -> BatchResult:
-        """`batch` carries a `__row` column; `watermark_us` is the watermark before this batch."""
+    def process(self, batch: pa.Table, watermarks: np.ndarray | None) -> BatchResult:
+        """`batch` carries a `__row` column; `watermarks[row]` is the watermark that row is judged by
+        (see Watermark.per_event), or None when nothing can be late (a view recomputed at close)."""
         self.ctx.deregister_table("__batch")
         self.ctx.register_record_batches("__batch", [batch.to_batches()])
         pre = self.ctx.sql(self.plan.pre_sql).to_arrow_table()  # re-planned: plans keep old providers
@@ -37,39 +38,28 @@ class WindowAggregate:
         if pre.num_rows == 0:
             return BatchResult(None, empty, empty)
         ts = pre.column("__ts").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if self.plan.window.kind == "session":
-            return self._sessions(pre, ts, watermark_us)
+        row = pre.column("__row").combine_chunks().to_numpy()
+        wm = None if watermarks is None else watermarks[row]
         if self.plan.window.kind == "running":  # no window, so nothing is ever late
             return BatchResult(first_partials(self.plan, pre, np.zeros(len(ts), np.int64)), empty, empty)
-        rows, ws = assign(ts, self.plan.window)
-        if watermark_us is not None:  # too late: the window ended (plus allowed lateness) before this batch
-            late = ws + self.plan.window.size_us + self.plan.lateness_us <= watermark_us
-            if late.any():
-                late_idx = np.flatnonzero(late) if rows is None else rows[late]
-                late_rows = pre.column("__row").take(pa.array(late_idx)).to_numpy()
-                late_ws = ws[late]
-                on_time = ~late
-                rows = np.flatnonzero(on_time) if rows is None else rows[on_time]
-                ws = ws[on_time]
-                taken = pre.take(pa.array(rows))
-                part = first_partials(self.plan, taken, ws) if len(ws) else None
-                return BatchResult(part, late_rows, late_ws)
+        if self.plan.window.kind == "session":  # an event's own session [ts, ts + gap) must still be open
+            rows, ws, end = None, ts, ts + self.plan.window.size_us
+        else:
+            rows, ws = assign(ts, self.plan.window)
+            end = ws + self.plan.window.size_us + self.plan.lateness_us
+        late = np.zeros(len(ws), bool) if wm is None else end <= (wm if rows is None else wm[rows])
+        late_rows, late_ws = (row if rows is None else row[rows])[late], ws[late]
+        if late.any():
+            keep = np.flatnonzero(~late)
+            rows = keep if rows is None else rows[keep]
+            ws = ws[keep]
+        if not len(ws):
+            return BatchResult(None, late_rows, late_ws)
         taken = pre if rows is None else pre.take(pa.array(rows))
-        return BatchResult(first_partials(self.plan, taken, ws), empty, empty)
-
-    def _sessions(self, pre: pa.Table, ts: np.ndarray, watermark_us: int | None) -> BatchResult:
-        """Each event is the interval [ts, ts + gap); this batch's sessions are those intervals merged per
-        key. An event whose own interval ended before the watermark is late."""
-        gap = self.plan.window.size_us
-        late = ts + gap <= watermark_us if watermark_us is not None else np.zeros(len(ts), dtype=bool)
-        late_rows = pre.column("__row").filter(pa.array(late)).to_numpy() if late.any() else np.empty(0, np.int64)
-        late_starts = ts[late]  # a late event's own session would have started at its event time
-        keep = np.flatnonzero(~late)
-        if not len(keep):
-            return BatchResult(None, late_rows, late_starts)
-        pre, ts = pre.take(pa.array(keep)), ts[keep]
-        order, ids = sessionize(pre.select(self.plan.key_columns), ts, ts + gap)
-        return BatchResult(first_partials(self.plan, pre.take(pa.array(order)), ids), late_rows, late_starts)
+        if self.plan.window.kind == "session":
+            order, ids = sessionize(taken.select(self.plan.key_columns), ws, ws + self.plan.window.size_us)
+            return BatchResult(first_partials(self.plan, taken.take(pa.array(order)), ids), late_rows, late_ws)
+        return BatchResult(first_partials(self.plan, taken, ws), late_rows, late_ws)
 
     def buckets(self, partials: pa.Table, n: int) -> np.ndarray:
         """A stable shard number in [0, n) per row, from an md5 of the group keys (computed by DataFusion)."""

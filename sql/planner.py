@@ -351,7 +351,8 @@ class _Planner:
             final = to_final(inner)
             if isinstance(final, exp.Column) and final.name in ("__ws", "__we"):
                 time_columns[name] = "start" if final.name == "__ws" else "end"
-                identity.append(name)
+                if final.name == "__ws" or kind != "session":  # a session extended by late data keeps its start
+                    identity.append(name)
             elif isinstance(final, exp.Column) and final.name in key_cols:
                 identity.append(name)
                 shown_keys.add(final.name)

@@ -37,10 +37,10 @@ def test_hop_assignment_matches_brute_force():
 def test_watermark_never_moves_back_and_closes_windows():
     wm = Watermark(delay_us=5)
     assert wm.value is None
-    wm.observe({"0": 100})
-    wm.observe({"0": 50})  # out of order: no retreat
+    wm.per_event(np.array([100]))
+    wm.per_event(np.array([50]))  # out of order: no retreat
     assert wm.value == 95
-    wm.observe({"0": 120})
+    wm.per_event(np.array([120]))
     assert wm.value == 115
     spec = WindowSpec("tumble", 10, 10)
     bound = closing_bound(wm.value, spec)
@@ -53,17 +53,17 @@ def test_partition_watermarks_combine_by_minimum_and_idle_partitions_stop_holdin
     clock = [1000.0]
     monkeypatch.setattr("pondstream.operators.watermark.time.monotonic", lambda: clock[0])
     wm = Watermark(delay_us=10, idle_timeout_s=30)
-    wm.observe({"0": 500}, ["0", "1", "2"])
+    wm.per_event(np.array([500]), np.array([0]), ["0", "1", "2"])
     assert wm.value is None and wm.holding_back() == "1"  # partitions 1 and 2 have delivered nothing
-    wm.observe({"1": 300, "2": 900}, ["0", "1", "2"])
+    wm.per_event(np.array([300, 900]), np.array([1, 2]), ["0", "1", "2"])
     assert wm.value == 290 and wm.holding_back() == "1"
     clock[0] += 20
-    wm.observe({"0": 700, "2": 950}, ["0", "1", "2"])
+    wm.per_event(np.array([700, 950]), np.array([0, 2]), ["0", "1", "2"])
     assert wm.value == 290  # partition 1 is quiet but not yet idle
     clock[0] += 15
     wm.tick(["0", "1", "2"])
     assert wm.value == 690 and wm.idle("1")  # 35 s without data: partition 1 no longer holds back
-    wm.observe({"1": 400}, ["0", "1", "2"])
+    wm.per_event(np.array([400]), np.array([1]), ["0", "1", "2"])
     assert wm.value == 690  # back from idle with old data: the watermark does not move back
     clock[0] += 100
     wm.tick(["0", "1", "2"])
