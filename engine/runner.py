@@ -30,7 +30,7 @@ from pondstream.operators.kafka_sink import KafkaSink
 from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.session import merge_sessions, session_bounds
-from pondstream.operators.source import BAD_RECORD_SCHEMA, Source
+from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, bad_records
 from pondstream.operators.view_source import ViewSource
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
 from pondstream.operators.window import assign, closing_bound, true_start
@@ -67,6 +67,24 @@ def make_source(entry: StreamEntry, position: dict | None) -> Source:
     if connector == "kafka":
         return KafkaSource(s.schema, s.event_time, s.options, position)
     raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file', 'generator' or 'kafka'")
+
+
+def failed_rows(sb: SourceBatch, data: pa.Table, errors: list[tuple[int, str]]) -> pa.Table:
+    """Input rows an expression failed on, as bad records: where they came from, the row, the error."""
+    rows = [i for i, _ in errors]
+    raws = [json.dumps(r, default=str).encode() for r in data.take(pa.array(rows)).drop_columns(["__row"]).to_pylist()]
+    return bad_records(sb.origin or "", [-1 if sb.offsets is None else int(sb.offsets[i]) for i in rows], raws,
+                       [m for _, m in errors], None if sb.partitions is None else [int(sb.partitions[i]) for i in rows])
+
+
+def failed_windows(plan: ViewPlan, rows: pa.Table) -> list[bytes]:
+    """What identifies an output row whose select list failed: its window (if any) and group keys."""
+    keys = rows.select(plan.key_columns).to_pylist()
+    if plan.window.kind == "running":
+        return [json.dumps({"keys": list(k.values())}, default=str).encode() for k in keys]
+    bounds = rows.select(["__ws", "__we"]).to_pylist()
+    return [json.dumps({"window_start": b["__ws"], "window_end": b["__we"], "keys": list(k.values())},
+                       default=str).encode() for b, k in zip(bounds, keys, strict=True)]
 
 
 def ts_text(us: int | None) -> str:
@@ -216,12 +234,16 @@ class Runner:
             g.source.close()
         return self.progress
 
-    def _process(self, g: Group, sb) -> None:
+    def _process(self, g: Group, sb: SourceBatch) -> None:
         data = sb.data
         g.position = sb.position
-        if sb.bad is not None and sb.bad.num_rows:
+        n_bad = 0 if sb.bad is None else sb.bad.num_rows
+        if n_bad:
             g.bad.append(sb.bad)
-            self.progress.bad += sb.bad.num_rows
+            self.progress.bad += n_bad
+        for v in g.views:  # the accounting a user can check: read = view input + errors
+            v.meta["records_read"] = v.meta.get("records_read", 0) + data.num_rows + n_bad
+            v.meta["records_bad"] = v.meta.get("records_bad", 0) + n_bad
         if data.num_rows == 0:
             return
         if isinstance(g.source, ViewSource):  # recomputed from the upstream at close: note the windows
@@ -238,6 +260,10 @@ class Runner:
         wm = g.watermark.per_event(ts, sb.partitions, g.source.partitions())
         for v in g.views:
             r = v.op.process(data, wm)
+            if r.errors:
+                g.bad.append(failed_rows(sb, data, r.errors))
+                self.progress.bad += len(r.errors)
+                v.meta["records_bad"] += len(r.errors)
             if r.partials is not None:
                 v.pending.append(r.partials)
                 if len(v.pending) >= 16:
@@ -269,6 +295,11 @@ class Runner:
                 else:
                     self._flush_view(txn, g, v)
                 open_windows += v.state.open_windows
+                for rows, msg in v.op.final_errors:  # windows whose select list failed to evaluate
+                    g.bad.append(bad_records(f"view {v.plan.name}", [0] * rows.num_rows,
+                                             failed_windows(v.plan, rows), [msg] * rows.num_rows))
+                    self.progress.bad += rows.num_rows
+                v.op.final_errors = []
             if g.bad:
                 self.series.write(txn, errors_series(g.stream.stmt.name),
                                   pa.concat_tables(g.bad).cast(BAD_RECORD_SCHEMA))
@@ -483,6 +514,7 @@ class Runner:
                         f"partition {held}" + (" (no data yet)" if g.watermark.max_event.get(held) is None
                                                else "")),
                     "open_windows": v.state.open_windows, "late": v.meta.get("late", 0),
+                    "records_read": v.meta.get("records_read", 0), "records_bad": v.meta.get("records_bad", 0),
                     "finished": bool(g.source.bounded and g.source.finished),
                     "health": g.source.health(), "partitions": parts,
                 }

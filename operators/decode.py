@@ -16,21 +16,35 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
+from pondstream.operators.isolate import bisect_failures, first_line
 from pondstream.operators.source import bad_records
 
 TS = pa.timestamp("us")
 _ZONED = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
+MAX_MS = 9 * 10**15  # epoch milliseconds beyond this (year ~287,000) would overflow µs: clamped, hence out of range
 
 
-def line_starts(chunk: bytes) -> np.ndarray:
-    """Byte offsets of the non-empty lines of a chunk, plus one past the end."""
+WHITESPACE = np.zeros(256, bool)
+WHITESPACE[[9, 10, 13, 32]] = True
+CR_LF = np.zeros(256, bool)
+CR_LF[[10, 13]] = True
+
+
+def line_starts(chunk: bytes, spaces_blank: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(byte offset of each line that is not blank, plus one past the end; first non-blank byte of each).
+
+    A blank line is no record; any other line is one. Blank means empty or a lone carriage return, and
+    with `spaces_blank` (JSON, where parsers skip whitespace) also only spaces and tabs."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
     nl = np.flatnonzero(buf == 10)
     starts = np.concatenate(([0], nl + 1))
     ends = np.concatenate((nl, [len(chunk)]))
-    keep = (ends - starts) > (buf[np.maximum(ends - 1, 0)] == 13)  # drop blank and "\r"-only lines
-    starts, ends = starts[keep], ends[keep]
-    return np.append(starts, ends[-1] + 1 if len(ends) else 0)
+    solid = np.flatnonzero(~(WHITESPACE if spaces_blank else CR_LF)[buf])
+    at = np.searchsorted(solid, starts)  # first non-blank byte at or after each line start
+    first = solid[np.minimum(at, len(solid) - 1)] if len(solid) else np.zeros(len(starts), np.int64)
+    keep = (at < len(solid)) & (first < ends)
+    starts, ends, first = starts[keep], ends[keep], first[keep]
+    return np.append(starts, ends[-1] + 1 if len(ends) else 0), buf[first]
 
 
 def parse_ts_strings(s: pa.Array) -> pa.Array:
@@ -41,8 +55,7 @@ def parse_ts_strings(s: pa.Array) -> pa.Array:
     plain = pc.fill_null(pc.and_(pc.invert(digits), pc.invert(zoned)), True)
     out = pa.nulls(len(s), TS)
     if pc.any(digits).as_py():
-        ms = s.filter(digits).cast(pa.int64())
-        out = pc.replace_with_mask(out, digits, pc.multiply(ms, 1000).cast(TS))
+        out = pc.replace_with_mask(out, digits, to_timestamp(s.filter(digits).cast(pa.float64())))
     if pc.any(zoned).as_py():
         z = s.filter(zoned).cast(pa.timestamp("us", "UTC")).cast(TS)
         out = pc.replace_with_mask(out, zoned, z)
@@ -57,9 +70,11 @@ def to_timestamp(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     t = col.type
     if pa.types.is_timestamp(t):
         return col.cast(pa.timestamp("us", "UTC")).cast(TS) if t.tz else col.cast(TS)
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return pc.multiply(col.cast(pa.float64()), 1000.0).cast(pa.int64()).cast(TS) \
-            if pa.types.is_floating(t) else pc.multiply(col.cast(pa.int64()), 1000).cast(TS)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):  # epoch ms, saturated: a huge number stays out
+        kind, scale = (pa.int64(), 1000) if pa.types.is_integer(t) else (pa.float64(), 1000.0)  # of range
+        ms = pc.min_element_wise(pc.max_element_wise(col.cast(kind), -MAX_MS, skip_nulls=False), MAX_MS,
+                                 skip_nulls=False)
+        return pc.multiply(ms, scale).cast(pa.int64()).cast(TS)
     if pa.types.is_null(t):
         return pa.nulls(len(col), TS)
     if pa.types.is_date(t):
@@ -118,79 +133,121 @@ class Decoded:
     """A decoded chunk: good rows, the line each came from, and the lines set aside (with why)."""
 
     table: pa.Table | None
-    row_lines: np.ndarray  # line index (among non-empty lines) of each good row
+    row_lines: np.ndarray  # line index (among non-blank lines) of each good row
     bad: list[tuple[int, bytes, str]]  # (line index, raw bytes, error), in line order
-    starts: np.ndarray  # byte offset of each non-empty line, plus one past the end
+    starts: np.ndarray  # byte offset of each non-blank line, plus one past the end
 
 
-def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: str) -> Decoded:
-    """Decode a chunk of lines; bad lines (won't parse or cast, or lack event time) are isolated."""
-    starts = line_starts(chunk)
+PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+NOT_OBJECT = "malformed: not a JSON object"
+
+
+def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: str, objects: bool = False,
+                 time_range: tuple[int, int] | None = None) -> Decoded:
+    """Decode a chunk of lines, one record per non-blank line; every line ends up as a row or as a bad
+    record (won't parse or cast, not one JSON object, event time missing or outside `time_range`).
+
+    With `objects` (JSON), lines that do not start with `{` are set aside before pyarrow sees them
+    (pyarrow 26 crashes on a lone `null`): they are blanked in place, so offsets stay right."""
+    starts, first = line_starts(chunk, spaces_blank=objects)
     n_lines = len(starts) - 1
+    screened = np.flatnonzero(first != ord("{")) if objects else np.empty(0, np.int64)
+    bad = [(int(i), _line(chunk, starts, int(i)), NOT_OBJECT) for i in screened]
+    if len(screened):
+        chunk = _blank(chunk, starts, screened)
+    parts: list[pa.Table] = []
     try:
-        parts, bad_spans = [parse(chunk)], []
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        parts, bad_spans = [], []
-        _bisect(chunk, starts, 0, n_lines, parse, parts, bad_spans)
+        parts = [parse(chunk)]
+    except PARSE_ERRORS:
+        done, failed = bisect_failures(n_lines, lambda lo, hi: parse(_span(chunk, starts, lo, hi)), PARSE_ERRORS)
+        parts = [t for _, _, t in done]
+        bad += [(i, _line(chunk, starts, i), err) for i, err in failed]
     good = pa.concat_tables(parts) if parts else None
-    bad_idx = {i for i, _ in bad_spans}
-    lines = np.array([i for i in range(n_lines) if i not in bad_idx], np.int64) if bad_idx else np.arange(n_lines)
-    bad = [(i, _line(chunk, starts, i), err) for i, err in bad_spans]
-    if good is not None and len(lines) != good.num_rows:  # a blank-looking line decoded to no row
-        good, lines, bad = _line_by_line(chunk, starts, parse)
-    if good is not None and good.column(event_time).null_count:
-        null_ts = pc.is_null(good.column(event_time)).combine_chunks().to_numpy(zero_copy_only=False)
-        msg = f"event time column {event_time} is null or missing"
-        bad += [(int(i), _line(chunk, starts, int(i)), msg) for i in lines[null_ts]]
-        good = good.filter(pa.array(~null_ts))
-        lines = lines[~null_ts]
-        bad.sort(key=lambda b: b[0])
+    gone = {i for i, _, _ in bad}
+    lines = np.array([i for i in range(n_lines) if i not in gone], np.int64) if gone else np.arange(n_lines)
+    if good is not None and len(lines) != good.num_rows:  # some line held several JSON values
+        good, lines, slow_bad = _line_by_line(chunk, starts, parse, gone)
+        bad += slow_bad
+    if good is not None:
+        good, lines, time_bad = check_event_time(good, lines, event_time, time_range)
+        bad += [(i, _line(chunk, starts, i), err) for i, err in time_bad]
+    bad.sort(key=lambda b: b[0])
     return Decoded(good, lines, bad, starts)
 
 
-def _line_by_line(chunk: bytes, starts: np.ndarray, parse) -> tuple[pa.Table | None, np.ndarray, list]:
-    """The slow, exact path: one decode per line (only for chunks the fast path cannot map)."""
+def check_event_time(table: pa.Table, lines: np.ndarray, event_time: str, time_range: tuple[int, int] | None
+                      ) -> tuple[pa.Table | None, np.ndarray, list[tuple[int, str]]]:
+    """Rows whose event time is missing, or outside the sane range, are bad records (a year-248,000
+    timestamp would otherwise move the watermark so far that every good event after it is late)."""
+    ts = table.column(event_time)
+    missing = pc.is_null(ts).combine_chunks().to_numpy(zero_copy_only=False)
+    out = np.zeros(len(missing), bool)
+    if time_range is not None:
+        t = pc.fill_null(ts.cast(pa.int64()), time_range[0]).combine_chunks().to_numpy(zero_copy_only=False)
+        out = (t < time_range[0]) | (t >= time_range[1])
+    if not (missing.any() or out.any()):
+        return table, lines, []
+    bad = [(int(i), f"event time column {event_time} is null or missing") for i in lines[missing]]
+    if out.any():
+        lo, hi = (ts_text(b) for b in time_range)
+        bad += [(int(i), f"event time out of range: outside [{lo}, {hi}) (options event_time_min/event_time_max)")
+                for i in lines[out]]
+    keep = ~(missing | out)
+    return (table.filter(pa.array(keep)) if keep.any() else None), lines[keep], bad
+
+
+def ts_text(us: int) -> str:
+    return str(pa.scalar(us, pa.int64()).cast(TS).as_py())
+
+
+def _blank(chunk: bytes, starts: np.ndarray, lines: np.ndarray) -> bytes:
+    """The chunk with the given lines overwritten by spaces (vectorized), so a parser skips them."""
+    buf = np.frombuffer(chunk, np.uint8).copy()
+    edges = np.zeros(len(buf) + 1, np.int64)
+    np.add.at(edges, starts[lines], 1)
+    np.add.at(edges, starts[lines + 1] - 1, -1)
+    inside = np.cumsum(edges[:-1]) > 0
+    buf[inside & (buf != 10)] = 32
+    return buf.tobytes()
+
+
+def _span(chunk: bytes, starts: np.ndarray, lo: int, hi: int) -> bytes:
+    return chunk[int(starts[lo]): int(starts[hi]) - 1] + b"\n"
+
+
+def _line_by_line(chunk: bytes, starts: np.ndarray, parse, skip: set[int]
+                  ) -> tuple[pa.Table | None, np.ndarray, list[tuple[int, bytes, str]]]:
+    """The slow, exact path: one decode per line (only for chunks whose rows cannot be mapped to lines)."""
     parts, lines, bad = [], [], []
     for i in range(len(starts) - 1):
+        if i in skip:
+            continue
         raw = _line(chunk, starts, i)
         try:
             t = parse(raw + b"\n")
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-            bad.append((i, raw, str(e).split("\n")[0][:300]))
+        except PARSE_ERRORS as e:
+            bad.append((i, raw, first_line(e)))
             continue
         if t.num_rows == 1:
             parts.append(t)
             lines.append(i)
+        else:
+            bad.append((i, raw, f"malformed: the line holds {t.num_rows} JSON values, not one"))
     return (pa.concat_tables(parts) if parts else None), np.array(lines, np.int64), bad
 
 
 def _line(chunk: bytes, starts: np.ndarray, i: int) -> bytes:
-    return chunk[int(starts[i]): int(starts[i + 1]) - 1].rstrip(b"\r\n")
+    return chunk[int(starts[i]): int(starts[i + 1]) - 1].rstrip()
 
 
 def decode_chunk(chunk: bytes, base_offset: int, parse: Callable[[bytes], pa.Table], source: str,
-                 event_time: str) -> tuple[pa.Table | None, pa.Table | None]:
-    """(good rows, bad records with byte offsets) for a chunk of a file starting at `base_offset`."""
-    d = decode_lines(chunk, parse, event_time)
+                 event_time: str, objects: bool = False, time_range: tuple[int, int] | None = None
+                 ) -> tuple[pa.Table | None, pa.Table | None, np.ndarray]:
+    """(good rows, bad records with byte offsets, byte offset of each good row) for a chunk of a file
+    starting at `base_offset`."""
+    d = decode_lines(chunk, parse, event_time, objects, time_range)
+    offsets = base_offset + d.starts[d.row_lines]
     if not d.bad:
-        return d.table, None
+        return d.table, None, offsets
     return d.table, bad_records(source, [base_offset + int(d.starts[i]) for i, _, _ in d.bad],
-                                [raw for _, raw, _ in d.bad], [err for _, _, err in d.bad])
-
-
-def _bisect(chunk: bytes, starts: np.ndarray, lo: int, hi: int, parse, good: list, bad: list) -> None:
-    """Decode lines [lo, hi); split on failure until single bad lines are isolated (in order)."""
-    if lo >= hi:
-        return
-    a, b = int(starts[lo]), int(starts[hi]) - 1
-    try:
-        good.append(parse(chunk[a:b] + b"\n"))
-        return
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-        if hi - lo == 1:
-            bad.append((lo, str(e).split("\n")[0][:300]))
-            return
-    mid = (lo + hi) // 2
-    _bisect(chunk, starts, lo, mid, parse, good, bad)
-    _bisect(chunk, starts, mid, hi, parse, good, bad)
-
+                                [raw for _, raw, _ in d.bad], [err for _, _, err in d.bad]), offsets

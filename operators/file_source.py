@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pondstream.operators.decode import conform, csv_parser, decode_chunk, json_parser
-from pondstream.operators.source import Source, SourceBatch, bad_records
+from pondstream.operators.decode import (
+    PARSE_ERRORS,
+    check_event_time,
+    conform,
+    csv_parser,
+    decode_chunk,
+    json_parser,
+)
+from pondstream.operators.isolate import bisect_failures, first_line
+from pondstream.operators.source import Source, SourceBatch, bad_records, event_time_range
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
+BOM = b"\xef\xbb\xbf"
+FILE_DONE = 1 << 62  # a position offset meaning "this file is done"
 
 
 class FileSourceError(ValueError):
@@ -51,7 +62,13 @@ class FileSource(Source):
         if self.format not in FORMATS:
             raise FileSourceError(f"unknown file format {self.format!r}; use one of jsonl, csv, parquet")
         self.schema, self.event_time, self.path = schema, event_time, path
-        self.batch_bytes = int(options.get("batch_bytes", 16 << 20))
+        try:
+            self.batch_bytes = int(options.get("batch_bytes", 16 << 20))
+            self.time_range = event_time_range(options)
+        except ValueError as e:
+            raise FileSourceError(f"file source option: {e}") from None
+        if self.batch_bytes < 1:
+            raise FileSourceError(f"batch_bytes must be a positive number of bytes, not {self.batch_bytes}")
         self.files = list_files(path)
         pos = position or {}
         done_upto = pos.get("file")
@@ -98,6 +115,8 @@ class FileSource(Source):
                 self.offset = max(self.offset, len(header_line))
             else:
                 self._parse = json_parser(self.schema)
+                if self.offset == 0 and self._fh.read(3) == BOM:  # a UTF-8 byte-order mark is no record
+                    self.offset = 3
             self._fh.seek(self.offset)
         chunk = self._fh.read(self.batch_bytes)
         if not chunk:
@@ -116,28 +135,46 @@ class FileSource(Source):
                 chunk = chunk[: cut + 1]
         start = self.offset
         self.offset += len(chunk)
-        good, bad = decode_chunk(chunk, start, self._parse, name, self.event_time)
+        good, bad, offsets = decode_chunk(chunk, start, self._parse, name, self.event_time,
+                                          objects=self.format != "csv", time_range=self.time_range)
         data = good if good is not None else self.schema.empty_table()
-        return SourceBatch(data, self._position(), bad)
+        return SourceBatch(data, self._position(), bad, offsets=offsets, origin=name)
 
     def _read_parquet(self) -> SourceBatch | None:
+        """One row group per batch (position: file and row group). Rows whose values do not fit the
+        declared types, or lack a sane event time, are bad records; a file pyarrow cannot open or read
+        is one bad record naming it, and reading goes on with the next file."""
         name = self.files[self.index]
-        pf = pq.ParquetFile(name)
-        if self.offset >= pf.num_row_groups:
+        if self.offset >= FILE_DONE:  # set aside as unreadable before a restart
             self._next_file()
             return None
-        cols = [c for c in self.schema.names if c in pf.schema_arrow.names]
-        table = conform(pf.read_row_group(self.offset, columns=cols), self.schema)
+        try:
+            pf = pq.ParquetFile(name)
+            if self.offset >= pf.num_row_groups:
+                self._next_file()
+                return None
+            cols = [c for c in self.schema.names if c in pf.schema_arrow.names]
+            raw = pf.read_row_group(self.offset, columns=cols)
+        except (OSError, pa.ArrowException) as e:
+            bad = bad_records(name, [self.offset], [b""], [f"unreadable file: {first_line(e)}"])
+            self._next_file()
+            return SourceBatch(self.schema.empty_table(), {"file": name, "offset": FILE_DONE}, bad)
+        group = self.offset
         self.offset += 1
-        bad = None
-        nulls = table.column(self.event_time).null_count
-        if nulls:
-            mask = pc.is_null(table.column(self.event_time))
-            rows = table.filter(mask).to_pylist()
-            bad = bad_records(name, [self.offset - 1] * nulls, [repr(r).encode() for r in rows],
-                              [f"event time column {self.event_time} is null"] * nulls)
-            table = table.filter(pc.invert(mask))
-        return SourceBatch(table, self._position(), bad)
+        done, failed = bisect_failures(raw.num_rows, lambda lo, hi: conform(raw.slice(lo, hi - lo), self.schema),
+                                       PARSE_ERRORS)
+        rows = np.concatenate([np.arange(lo, hi) for lo, hi, _ in done]) if done else np.empty(0, np.int64)
+        table = pa.concat_tables([t for _, _, t in done]) if done else self.schema.empty_table()
+        bad = [(i, err) for i, err in failed]
+        if table.num_rows:
+            kept, rows, time_bad = check_event_time(table, rows, self.event_time, self.time_range)
+            table = kept if kept is not None else self.schema.empty_table()
+            bad = sorted(bad + time_bad)
+        records = None
+        if bad:
+            raws = [json.dumps(r, default=str).encode() for r in raw.take(pa.array([i for i, _ in bad])).to_pylist()]
+            records = bad_records(f"{name} (row group {group})", [i for i, _ in bad], raws, [e for _, e in bad])
+        return SourceBatch(table, self._position(), records, offsets=rows, origin=f"{name} (row group {group})")
 
     def close(self) -> None:
         if self._fh:

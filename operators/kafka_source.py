@@ -16,7 +16,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pondstream.operators.decode import csv_parser, decode_lines, json_parser
-from pondstream.operators.source import Source, SourceBatch, bad_records
+from pondstream.operators.source import Source, SourceBatch, bad_records, event_time_range
 
 STARTUP = ("earliest", "latest", "timestamp")
 REFRESH_S = 10.0  # how often to look for new partitions
@@ -44,6 +44,8 @@ class KafkaSource(Source):
         self.topic, self.servers = options["topic"], options["bootstrap_servers"]
         self.schema, self.event_time = schema, event_time
         fmt = options.get("format", "json").lower()
+        self.objects = fmt in ("json", "jsonl")
+        self.time_range = event_time_range(options)
         if fmt in ("json", "jsonl"):
             self._parse = json_parser(schema)
         elif fmt == "csv":
@@ -210,14 +212,18 @@ class KafkaSource(Source):
         if chunk.count(b"\n") != len(values):  # a message with embedded newlines (pretty-printed JSON)
             values = [v.replace(b"\r", b" ").replace(b"\n", b" ") for v in values]
             chunk = b"\n".join(values) + b"\n"
-        d = decode_lines(chunk, self._parse, self.event_time)
+        d = decode_lines(chunk, self._parse, self.event_time, self.objects, self.time_range)
+        if len(d.starts) - 1 != len(values):  # a blank message is a record too: make it one line (set aside)
+            values = [v if v.strip() else b"null" for v in values]
+            d = decode_lines(b"\n".join(values) + b"\n", self._parse, self.event_time, self.objects, self.time_range)
         bad = None
         if d.bad:
             idx = [i for i, _, _ in d.bad]
             bad = bad_records(self.topic, offs[idx].tolist(), [values[i] for i in idx], [e for _, _, e in d.bad],
                               partitions=parts[idx].tolist())
         table = d.table if d.table is not None else self.schema.empty_table()
-        return SourceBatch(table, position, bad, partitions=parts[d.row_lines])
+        return SourceBatch(table, position, bad, partitions=parts[d.row_lines], offsets=offs[d.row_lines],
+                           origin=self.topic)
 
     def position(self) -> dict[str, Any]:
         pos: dict[str, Any] = {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}}

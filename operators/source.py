@@ -14,11 +14,33 @@ BAD_RECORD_SCHEMA = pa.schema([
 ])
 
 
+EVENT_TIME_RANGE = ("1900-01-01", "2300-01-01")  # defaults of the options event_time_min / event_time_max
+
+
+def event_time_range(options: dict[str, str]) -> tuple[int, int]:
+    """[min, max) of sane event times in µs; events outside it are bad records, not watermark movers."""
+    lo = options.get("event_time_min", EVENT_TIME_RANGE[0])
+    hi = options.get("event_time_max", EVENT_TIME_RANGE[1])
+    try:
+        return tuple(pa.scalar(t).cast(pa.timestamp("us")).value for t in (lo, hi))  # type: ignore[return-value]
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise ValueError(f"event_time_min/event_time_max must be timestamps like '1900-01-01', "
+                         f"got {lo!r} and {hi!r}") from None
+
+
 def reason(error: str) -> str:
-    """A short category to count malformed records by."""
+    """A short category to count bad records by."""
     e = error.lower()
     if "null or missing" in e:
         return "missing event time"
+    if e.startswith("event time out of range"):
+        return "event time out of range"
+    if e.startswith("expression error"):
+        return "expression error"
+    if e.startswith("unreadable file"):
+        return "unreadable file"
+    if e.startswith("malformed"):
+        return "malformed"
     if "json parse error" in e and ("changed from" in e or "convert" in e):
         return "wrong type"
     if "json parse error" in e or "csv parse error" in e or "expected" in e and "columns" in e:
@@ -40,6 +62,8 @@ class SourceBatch:
     bad: pa.Table | None = None  # malformed records (BAD_RECORD_SCHEMA), never silently dropped
     watermark: int | None = None  # a source that knows its watermark (a view read as a stream) sets it
     partitions: np.ndarray | None = None  # partition number of each row (sources with several partitions)
+    offsets: np.ndarray | None = None  # where each row came from (byte offset, message offset, row number)
+    origin: str | None = None  # the file or topic the rows came from
 
 
 class Source:

@@ -3,11 +3,12 @@ and per closed window the finalize step that turns merged partials into the view
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
+from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.partials import first_partials
 from pondstream.operators.session import session_bounds, sessionize
 from pondstream.operators.window import assign, true_start
@@ -19,6 +20,7 @@ class BatchResult:
     partials: pa.Table | None  # per (window, keys) for on-time rows
     late_rows: np.ndarray  # indices into the input batch of rows that arrived for closed windows
     late_windows: np.ndarray  # the window start (µs) each late row was meant for
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (input row, message): expression failed
 
 
 class WindowAggregate:
@@ -27,13 +29,34 @@ class WindowAggregate:
     def __init__(self, plan: ViewPlan) -> None:
         self.plan = plan
         self.ctx = session()
+        self.final_errors: list[tuple[pa.Table, str]] = []  # (window rows, message) finalize set aside
+
+    def _sql(self, sql: str, name: str, table: pa.Table) -> pa.Table:
+        self.ctx.deregister_table(name)
+        self.ctx.register_record_batches(name, [table.to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]])
+        return self.ctx.sql(sql).to_arrow_table()  # re-planned each time: plans keep old providers
+
+    def _isolated(self, sql: str, name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+        """`sql` over `table`; rows on which an expression fails (division by zero, a failed CAST) are
+        bisected out and returned as (row index, message), so one poison row cannot stop the view."""
+        try:
+            return self._sql(sql, name, table), []
+        except Exception:  # DataFusion raises plain Exceptions for data errors  # noqa: BLE001
+            done, failed = bisect_failures(table.num_rows, lambda lo, hi: self._sql(sql, name, table.slice(lo, hi - lo)))
+        good = [t for _, _, t in done]
+        out = pa.concat_tables(good) if good else self._sql(sql, name, table.slice(0, 0))
+        return out, [(i, f"expression error in view {self.plan.name}: {msg}") for i, msg in failed]
 
     def process(self, batch: pa.Table, watermarks: np.ndarray | None) -> BatchResult:
         """`batch` carries a `__row` column; `watermarks[row]` is the watermark that row is judged by
         (see Watermark.per_event), or None when nothing can be late (a view recomputed at close)."""
-        self.ctx.deregister_table("__batch")
-        self.ctx.register_record_batches("__batch", [batch.to_batches()])
-        pre = self.ctx.sql(self.plan.pre_sql).to_arrow_table()  # re-planned: plans keep old providers
+        pre, errors = self._isolated(self.plan.pre_sql, "__batch", batch)
+        rows_failed = [(int(batch.column("__row")[i].as_py()), msg) for i, msg in errors]
+        result = self._windows(pre, watermarks)
+        result.errors = rows_failed
+        return result
+
+    def _windows(self, pre: pa.Table, watermarks: np.ndarray | None) -> BatchResult:
         empty = np.empty(0, np.int64)
         if pre.num_rows == 0:
             return BatchResult(None, empty, empty)
@@ -84,9 +107,9 @@ class WindowAggregate:
             start, end = true_start(wid, spec), wid + spec.size_us
         win = merged.set_column(0, "__ws", pa.array(start).cast(pa.timestamp("us")))
         win = win.append_column("__we", pa.array(end).cast(pa.timestamp("us")))
-        self.ctx.deregister_table("__win")
-        self.ctx.register_record_batches("__win", [win.to_batches()])
-        out = self.ctx.sql(self.plan.final_sql).to_arrow_table()
+        out, failed = self._isolated(self.plan.final_sql, "__win", win)
+        if failed:
+            self.final_errors.append((win.take(pa.array([i for i, _ in failed])), failed[0][1]))
         order = [(c, "ascending") for c in self.plan.time_columns] + [
             (c, "ascending") for c in self.plan.identity_columns if c not in self.plan.time_columns
         ]
