@@ -21,6 +21,7 @@ from pondstream.operators.source import bad_records
 
 TS = pa.timestamp("us")
 _ZONED = r"(?:[Zz]|[+-]\d\d:?\d\d)$"
+BLOCK = 2 << 20  # pyarrow decodes a chunk in blocks of this size on all cores
 MAX_MS = 9 * 10**15  # epoch milliseconds beyond this (year ~287,000) would overflow µs: clamped, hence out of range
 
 
@@ -34,17 +35,20 @@ def line_starts(chunk: bytes, spaces_blank: bool = True) -> tuple[np.ndarray, np
     """(byte offset of each line that is not blank, plus one past the end; first non-blank byte of each).
 
     A blank line is no record; any other line is one. Blank means empty or a lone carriage return, and
-    with `spaces_blank` (JSON, where parsers skip whitespace) also only spaces and tabs."""
+    with `spaces_blank` (JSON, where parsers skip whitespace) also only spaces and tabs. Only the rare
+    lines that start with whitespace are looked at one by one."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
     nl = np.flatnonzero(buf == 10)
     starts = np.concatenate(([0], nl + 1))
     ends = np.concatenate((nl, [len(chunk)]))
-    solid = np.flatnonzero(~(WHITESPACE if spaces_blank else CR_LF)[buf])
-    at = np.searchsorted(solid, starts)  # first non-blank byte at or after each line start
-    first = solid[np.minimum(at, len(solid) - 1)] if len(solid) else np.zeros(len(starts), np.int64)
-    keep = (at < len(solid)) & (first < ends)
+    keep = ends > starts
+    first = np.zeros(len(starts), np.uint8)
+    first[keep] = buf[starts[keep]]
+    for i in np.flatnonzero(keep & WHITESPACE[first]).tolist():
+        rest = chunk[starts[i]: ends[i]].lstrip(b" \t\r" if spaces_blank else b"\r")
+        keep[i], first[i] = bool(rest), rest[0] if rest else 0
     starts, ends, first = starts[keep], ends[keep], first[keep]
-    return np.append(starts, ends[-1] + 1 if len(ends) else 0), buf[first]
+    return np.append(starts, ends[-1] + 1 if len(ends) else 0), first
 
 
 def parse_ts_strings(s: pa.Array) -> pa.Array:
@@ -103,7 +107,7 @@ def json_parser(schema: pa.Schema) -> Callable[[bytes], pa.Table]:
     order = [as_text, as_millis]  # whichever worked last goes first: a stream rarely switches
 
     def parse(chunk: bytes) -> pa.Table:
-        opts = pjson.ReadOptions(block_size=max(len(chunk) + 1, 1 << 20), use_threads=False)
+        opts = pjson.ReadOptions(block_size=BLOCK, use_threads=True)  # blocks decode in parallel, in order
         try:
             return conform(pjson.read_json(io.BytesIO(chunk), read_options=opts, parse_options=order[0]), schema)
         except pa.ArrowInvalid:
@@ -117,7 +121,7 @@ def json_parser(schema: pa.Schema) -> Callable[[bytes], pa.Table]:
 def csv_parser(schema: pa.Schema, header: list[str]) -> Callable[[bytes], pa.Table]:
     """Chunk of CSV rows (no header) -> typed table; timestamp columns read as text, then parsed."""
     types = {f.name: (pa.string() if pa.types.is_timestamp(f.type) else f.type) for f in schema}
-    read = pcsv.ReadOptions(column_names=header, use_threads=False, block_size=1 << 26)
+    read = pcsv.ReadOptions(column_names=header, use_threads=True, block_size=BLOCK)
     wanted = [n for n in header if n in types]
     convert = pcsv.ConvertOptions(column_types={n: types[n] for n in wanted}, include_columns=wanted,
                                   strings_can_be_null=True)
