@@ -216,3 +216,35 @@ def test_watermark_epoch_of_first_event_counts_events_before_it():
     ts = np.array([base + 3 * 3600 * 10**6, base, base + 3 * 3600 * 10**6 + 1])
     got = wm.per_event(ts)
     assert got[1] == ts[0] - 5_000_000
+
+
+def test_kafka_partitions_judged_by_their_own_watermark_whatever_the_interleaving(broker, tmp_path):
+    """Events spread over 3 partitions, consumed in batches of 7 or 100,000 (so partitions interleave
+    differently): the same views and late series, equal to DuckDB with a running max per partition."""
+    from kafka_helpers import produce_rows
+
+    _, bootstrap = broker
+    rows = make_events(900, seed=11)
+    parts = produce_rows(bootstrap, "determinism", rows, partitions=3)
+    got = []
+    for batch in (7, 100_000):
+        state = tmp_path / f"k{batch}"
+        with Engine(state) as e:
+            e.execute(f"""CREATE STREAM orders (order_id BIGINT, customer_id VARCHAR, amount DOUBLE,
+                event_time TIMESTAMP, WATERMARK FOR event_time AS event_time - INTERVAL '{DELAY_S}' SECOND)
+                WITH (connector = 'kafka', topic = 'determinism', bootstrap_servers = '{bootstrap}',
+                      scan_bounded = 'latest', batch_size = '{batch}');""" + VIEWS)
+            e.run(checkpoint_interval=0.0 if batch == 7 else 1.0)
+        got.append(answers(state))
+    assert got[0] == got[1]
+    for r, p in zip(rows, parts, strict=True):
+        r["part"] = p
+    con = duckdb.connect()
+    con.register("raw", pa.Table.from_pylist(rows))
+    con.sql("CREATE TABLE orders AS SELECT row_number() OVER () AS seq, part, order_id::BIGINT AS order_id, "
+            "customer_id, amount::DOUBLE AS amount, event_time::TIMESTAMP AS event_time FROM raw")
+    per_partition = ON_TIME.replace("OVER (ORDER BY seq", "OVER (PARTITION BY part ORDER BY seq")
+    for name in ("tumble", "hop", "sessions", "lenient", "tumble__late"):
+        want = canon(con.sql(DUCK[name].replace(ON_TIME, per_partition)).to_arrow_table())
+        assert got[0][name] == want, name
+    assert len(got[0]["tumble__late"]) > 10
