@@ -29,6 +29,7 @@ from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.kafka_sink import KafkaSink
 from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
+from pondstream.operators.running import merge_running
 from pondstream.operators.session import merge_sessions, session_bounds
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, bad_records
 from pondstream.operators.view_source import ViewSource
@@ -87,6 +88,14 @@ def failed_windows(plan: ViewPlan, rows: pa.Table) -> list[bytes]:
                        default=str).encode() for b, k in zip(bounds, keys, strict=True)]
 
 
+def merger(plan: ViewPlan) -> Callable[[list[pa.Table | None]], pa.Table | None]:
+    """How partial tables of a view combine: by window and key; for SESSION by overlapping session; for a
+    running aggregate with state_ttl, oldest first, a key's restart voiding what came before."""
+    kind = plan.window.kind
+    merge = merge_sessions if kind == "session" else merge_running if kind == "running" else merge_partials
+    return lambda tables: merge(plan, tables)
+
+
 def ts_text(us: int | None) -> str:
     if us is None:
         return "-"
@@ -122,10 +131,7 @@ class ViewRun:
     last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
     def merge(self, tables: list[pa.Table | None]) -> pa.Table | None:
-        """Combine partial tables: by window and key, or for SESSION by overlapping session."""
-        if self.plan.window.kind == "session":
-            return merge_sessions(self.plan, tables)
-        return merge_partials(self.plan, tables)
+        return merger(self.plan)(tables)
 
 
 @dataclass
@@ -178,7 +184,7 @@ class Runner:
             ensure_series(self.series, plan, stream.stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
             view = ViewRun(plan, WindowAggregate(plan),
-                           WindowState(self.store, name, lambda ts, p=plan: merge_partials(p, ts)), meta)
+                           WindowState(self.store, name, merger(plan)), meta)
             if plan.options.get("sink_topic"):
                 fallback = {"bootstrap_servers": stream.stmt.options.get("bootstrap_servers", "")}
                 view.sink = KafkaSink(name, {**fallback, **plan.options}, plan.identity_columns)
@@ -338,7 +344,7 @@ class Runner:
             if b in touched:
                 delta = merged.filter(pa.array(shard_of == b))
                 delta = delta.set_column(0, "__ws", pa.array(np.full(delta.num_rows, b)).cast(TS))
-            current = merge_partials(v.plan, [*v.state.read({b}), delta])
+            current = v.merge([*v.state.read({b}), delta])
             if delta is not None:
                 outs.append(current.filter(key_in(current, delta, v.plan.key_columns)))
             if b not in compact:

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pondstream.operators.groups import key_changes, running_max
 from pondstream.operators.partials import merge_partials
 from pondstream.sql.planner import ViewPlan
 
@@ -22,25 +23,10 @@ def sessionize(keys: pa.Table, start: np.ndarray, end: np.ndarray) -> tuple[np.n
     table = keys.append_column("__start", pa.array(start, pa.int64()))
     order = pc.sort_indices(table, sort_keys=[(c, "ascending") for c in table.column_names]).to_numpy()
     s, e = start[order], end[order]
-    change = np.zeros(n, dtype=bool)
-    change[0] = True
-    for col in keys.columns:
-        c = col.take(pa.array(order)).combine_chunks()
-        a, b = c.slice(1), c.slice(0, n - 1)
-        differ = pc.fill_null(pc.not_equal(a, b), False)
-        differ = pc.or_(differ, pc.xor(pc.is_null(a), pc.is_null(b)))
-        change[1:] |= differ.to_numpy(zero_copy_only=False)
-    group = np.cumsum(change) - 1
-    rel_s = s - s[np.flatnonzero(change)][group]  # times relative to each key's first start: small, >= 0
-    rel_e = e - (s - rel_s)
-    span = int(rel_e.max()) + 1
-    if group[-1] * span < (1 << 62):  # a running max per key in one pass: keys spaced apart
-        run_end = np.maximum.accumulate(rel_e + group * span) - group * span
-    else:
-        run_end = np.concatenate([np.maximum.accumulate(rel_e[change_at:stop]) for change_at, stop in
-                                  zip(np.flatnonzero(change), [*np.flatnonzero(change)[1:], n], strict=True)])
+    change = key_changes(keys.take(pa.array(order)))
+    run_end = running_max(e, change)
     new = change.copy()
-    new[1:] |= rel_s[1:] >= run_end[:-1]
+    new[1:] |= s[1:] >= run_end[:-1]
     return order, np.cumsum(new) - 1
 
 

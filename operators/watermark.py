@@ -48,17 +48,16 @@ class Watermark:
                                                          for p in np.unique(partition)]
         now = time.monotonic()
         for p, idx in groups:  # one vectorized pass per partition (a handful), not per event
-            run = np.maximum.accumulate(ts if idx is None else ts[idx])
+            run = np.maximum.accumulate(ts if idx is None else ts[idx], out=out if idx is None else None)
             prev = self.max_event.get(str(p))
             if prev is not None:
-                run = np.maximum(run, prev)
+                np.maximum(run, prev, out=run)
             if len(run):
                 self.max_event[str(p)], self.last_seen[str(p)] = int(run[-1]), now
-            wm = np.maximum(run - self.delay_us, floor)
-            if idx is None:
-                out[:] = wm
-            else:
-                out[idx] = wm
+            run -= self.delay_us
+            np.maximum(run, floor, out=run)
+            if idx is not None:
+                out[idx] = run
         self.tick(partitions)
         return out
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.partials import first_partials
+from pondstream.operators.running import batch_partials
 from pondstream.operators.session import session_bounds, sessionize
 from pondstream.operators.window import assign, true_start
 from pondstream.sql.planner import ViewPlan, session
@@ -64,7 +65,7 @@ class WindowAggregate:
         row = pre.column("__row").combine_chunks().to_numpy()
         wm = None if watermarks is None else watermarks[row]
         if self.plan.window.kind == "running":  # no window, so nothing is ever late
-            return BatchResult(first_partials(self.plan, pre, np.zeros(len(ts), np.int64)), empty, empty)
+            return BatchResult(batch_partials(self.plan, pre, wm), empty, empty)
         if self.plan.window.kind == "session":  # an event's own session [ts, ts + gap) must still be open
             rows, ws, end = None, ts, ts + self.plan.window.size_us
         else:

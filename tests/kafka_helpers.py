@@ -10,13 +10,14 @@ from pondstream.engine.kafka_tools import ensure_topic
 
 
 def produce_rows(bootstrap: str, topic: str, rows: list[dict], partitions: int = 4,
-                 raw: dict[int, bytes] | None = None) -> list[int]:
-    """Round-robin `rows` over partitions; `raw` replaces message i's bytes (malformed input). Each
-    partition's last message goes alone after a flush (the broker reports end offsets per batch)."""
+                 raw: dict[int, bytes] | None = None, parts: list[int] | None = None) -> list[int]:
+    """Round-robin `rows` over partitions (or to `parts[i]`); `raw` replaces message i's bytes (malformed
+    input). Each partition's last message goes alone after a flush (the broker reports end offsets per
+    batch)."""
     ensure_topic(bootstrap, topic, partitions)
     raw = raw or {}
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 0})
-    parts = [i % partitions for i in range(len(rows))]
+    parts = parts or [i % partitions for i in range(len(rows))]
     last = {part: i for i, part in enumerate(parts)}
     tail = set(last.values())
     for i, r in enumerate(rows):
