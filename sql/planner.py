@@ -19,6 +19,7 @@ from sqlglot import exp
 from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
 from pondstream.sql.intervals import interval_us, option_duration
+from pondstream.sql.names import object_name
 from pondstream.sql.statements import CreateStream, CreateView
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
@@ -26,6 +27,7 @@ BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "en
                "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end"),
                "SESSION_START": ("session", "start"), "SESSION_END": ("session", "end")}
 WINDOW_ARGS = {"TUMBLE": 2, "HOP": 3, "SESSION": 2}
+MAX_FAN_OUT = 1000  # HOP / CUMULATE windows one event falls in
 AGG_HINT = ("supported aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, STDDEV(_POP|_SAMP), "
             "VARIANCE, VAR_POP, VAR_SAMP, BOOL_AND, BOOL_OR, FIRST_VALUE, LAST_VALUE, APPROX_DISTINCT")
 VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.StddevPop: ("pop", True),
@@ -96,6 +98,8 @@ def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
         return _Planner(view, streams).plan()
     except SqlError as e:
         raise e.with_sql(getattr(view, "script", view.sql)) if e.sql is None else e from None
+    except RecursionError:
+        raise SqlError(f"view {view.name} is too deeply nested to plan", hint="simplify its expressions") from None
 
 
 class _Planner:
@@ -122,8 +126,13 @@ class _Planner:
         return self._stream(table)
 
     def _stream(self, table: exp.Expression) -> CreateStream:
-        name = table.name
-        found = next((s for n, s in self.streams.items() if n.lower() == name.lower()), None)
+        """The stream (or view) a FROM names: by the folded name, else by a unique case-insensitive match
+        (streams created before names were folded keep their case)."""
+        name = object_name(table, "stream")
+        found = self.streams.get(name)
+        if found is None:
+            matches = [s for n, s in self.streams.items() if n.lower() == name.lower()]
+            found = matches[0] if len(matches) == 1 else None
         if found is None:
             known = ", ".join(sorted(self.streams)) or "none declared yet"
             raise at(table, f"unknown stream {name}", f"declare it with CREATE STREAM first (known: {known})")
@@ -148,7 +157,7 @@ class _Planner:
                 self.session_keys = list(src.expressions[1].expressions)
             src = src.expressions[0]
         stream = self._stream(src)
-        ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) else args[1]
+        ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) and args[1].expressions else args[1]
         self._check_time_col(ts, stream)
         self.window = self._window_spec(kind, args[2:], call)
         self.tvf = True
@@ -165,6 +174,9 @@ class _Planner:
                 "CUMULATE max_size must be a whole multiple of its step"
             raise at(node, name, "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)" if kind == "hop"
                      else "e.g. CUMULATE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' HOUR, INTERVAL '1' DAY)")
+        if size // slide > MAX_FAN_OUT:  # each event is in size/slide windows: state and work grow with it
+            raise at(node, f"{kind.upper()} size / slide is {size // slide}, more than {MAX_FAN_OUT} windows per event",
+                     "use a larger slide (step) or a smaller size")
         return WindowSpec(kind, size, slide)
 
     def _check_session_keys(self, keys: list[exp.Expression]) -> None:
@@ -338,7 +350,7 @@ class _Planner:
                 raise at(item, "SELECT * is not allowed in a materialized view", "list the columns")
             inner = item.this if isinstance(item, exp.Alias) else item
             if isinstance(item, exp.Alias):
-                name = item.alias
+                name = object_name(item, "output column")
             elif isinstance(inner, exp.Column):
                 name = inner.name
             elif isinstance(inner, exp.Anonymous) and inner.name.upper() in BOUND_FUNCS:
