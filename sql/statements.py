@@ -27,7 +27,8 @@ from pondstream.sql.types import arrow_type
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # SHOW falls back to Command; that is expected
 
 MAX_SCRIPT_BYTES = 1 << 20
-MAX_DEPTH = 200  # of brackets in the text, and of the parsed expression tree
+MAX_BRACKETS = 100  # nesting of brackets in the text (sqlglot's parser recurses per level)
+MAX_DEPTH = 200  # of the parsed expression tree
 MAX_NODES = 20_000  # expression nodes in one statement
 SUPPORTED = "supported: CREATE STREAM, CREATE MATERIALIZED VIEW, DROP, SHOW, DESCRIBE, SELECT"
 
@@ -141,13 +142,13 @@ def _one(sql: str, tokens: list[Token]) -> Statement:
 
 
 def _check_brackets(tokens: list[Token]) -> None:
-    """Refuse bracket nesting deeper than MAX_DEPTH before the recursive parser sees it."""
+    """Refuse bracket nesting deeper than MAX_BRACKETS before the recursive parser sees it."""
     depth = 0
     for t in tokens:
         depth += (t.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET)) - \
             (t.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET))
-        if depth > MAX_DEPTH:
-            raise SqlError(f"brackets nested more than {MAX_DEPTH} deep", t.line, t.col,
+        if depth > MAX_BRACKETS:
+            raise SqlError(f"brackets nested more than {MAX_BRACKETS} deep", t.line, t.col,
                            "simplify the expression")
 
 
@@ -174,6 +175,9 @@ def _parse(sql: str, tokens: list[Token]) -> exp.Expression:
     except RecursionError:
         raise SqlError("statement nested too deeply", tokens[0].line, tokens[0].col,
                        "simplify the expression") from None
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):  # sqlglot's own checks on odd input
+        raise SqlError("syntax error: cannot read this statement", tokens[0].line, tokens[0].col,
+                       "check the syntax; " + SUPPORTED) from None
     tree = trees[0] if trees else None
     if tree is None:
         raise SqlError("empty statement", tokens[0].line, tokens[0].col, SUPPORTED)
@@ -270,8 +274,10 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
         m = _SHOW.match(text)
         if m:
             return Show(text, "STREAMS" if m.group(1).upper() == "STREAMS" else "VIEWS")
-        raise SqlError(f"syntax error: cannot read this {tokens[0].text.upper()} statement", tokens[0].line,
-                       tokens[0].col, SUPPORTED)
+        stop = tree.meta.get("stop") or tokens[0]
+        near = f"unexpected {stop.text[:40]!r}" if stop is not tokens[0] else f"cannot read this {stop.text[:20]!r}"
+        raise SqlError(f"syntax error: {near} in this {tokens[0].text.upper()[:20]} statement", stop.line, stop.col,
+                       "check the syntax near the marked position; " + SUPPORTED)
     if isinstance(tree, exp.Query):
         return Query(text)
     raise SqlError(f"unsupported statement {tokens[0].text.upper()}", tokens[0].line, tokens[0].col, SUPPORTED)
