@@ -233,7 +233,9 @@ class _Planner:
                 if low not in names:
                     raise at(col, f"unknown column {col.name} in stream {stream.name}",
                              f"columns are: {', '.join(stream.schema.names)}")
-                col.set("this", exp.to_identifier(names[low], quoted=True))
+                ident = exp.to_identifier(names[low], quoted=True)
+                ident.meta.update(col.this.meta)  # keep the position, for errors about this column later
+                col.set("this", ident)
                 col.set("table", None)
 
         where = sel.args.get("where")

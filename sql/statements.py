@@ -27,7 +27,7 @@ from pondstream.sql.types import arrow_type
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # SHOW falls back to Command; that is expected
 
 MAX_SCRIPT_BYTES = 1 << 20
-MAX_BRACKETS = 100  # nesting of brackets in the text (sqlglot's parser recurses per level)
+MAX_BRACKETS = 30  # nesting of brackets in the text (sqlglot's parser recurses ~25 frames per level)
 MAX_DEPTH = 200  # of the parsed expression tree
 MAX_NODES = 20_000  # expression nodes in one statement
 SUPPORTED = "supported: CREATE STREAM, CREATE MATERIALIZED VIEW, DROP, SHOW, DESCRIBE, SELECT"
@@ -141,6 +141,11 @@ def _one(sql: str, tokens: list[Token]) -> Statement:
     return stmt
 
 
+def _where(t: Token) -> tuple[int, int]:
+    """(line, column) where a token starts (sqlglot's tokens carry the column of their last character)."""
+    return t.line, max(t.col - (t.end - t.start), 1)
+
+
 def _check_brackets(tokens: list[Token]) -> None:
     """Refuse bracket nesting deeper than MAX_BRACKETS before the recursive parser sees it."""
     depth = 0
@@ -148,7 +153,7 @@ def _check_brackets(tokens: list[Token]) -> None:
         depth += (t.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET)) - \
             (t.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET))
         if depth > MAX_BRACKETS:
-            raise SqlError(f"brackets nested more than {MAX_BRACKETS} deep", t.line, t.col,
+            raise SqlError(f"brackets nested more than {MAX_BRACKETS} deep", *_where(t),
                            "simplify the expression")
 
 
@@ -162,7 +167,7 @@ def _check_size(tree: exp.Expression, first: Token) -> None:
         if depth > MAX_DEPTH or nodes > MAX_NODES:
             what = f"nested more than {MAX_DEPTH} deep" if depth > MAX_DEPTH else f"more than {MAX_NODES} terms"
             e = at(node, f"expression too large: {what}", "split it into simpler expressions")
-            raise e if e.line else SqlError(e.message, first.line, first.col, e.hint)
+            raise e if e.line else SqlError(e.message, *_where(first), e.hint)
         stack.extend((child, depth + 1) for child in node.iter_expressions())
 
 
@@ -173,14 +178,13 @@ def _parse(sql: str, tokens: list[Token]) -> exp.Expression:
     except sqlglot.errors.ParseError as e:
         raise _syntax_error(e, tokens) from None
     except RecursionError:
-        raise SqlError("statement nested too deeply", tokens[0].line, tokens[0].col,
-                       "simplify the expression") from None
+        raise SqlError("statement nested too deeply", *_where(tokens[0]), "simplify the expression") from None
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):  # sqlglot's own checks on odd input
-        raise SqlError("syntax error: cannot read this statement", tokens[0].line, tokens[0].col,
+        raise SqlError("syntax error: cannot read this statement", *_where(tokens[0]),
                        "check the syntax; " + SUPPORTED) from None
     tree = trees[0] if trees else None
     if tree is None:
-        raise SqlError("empty statement", tokens[0].line, tokens[0].col, SUPPORTED)
+        raise SqlError("empty statement", *_where(tokens[0]), SUPPORTED)
     return tree
 
 
@@ -197,8 +201,8 @@ def _syntax_error(e: sqlglot.errors.ParseError, tokens: list[Token]) -> SqlError
     desc = _REQUIRED.sub(lambda m: f"incomplete {m.group(2).upper()}: its {m.group(1)} is missing", desc)
     desc = desc.replace("Expecting )", "expected a closing )").replace("Invalid expression / Unexpected token",
                                                                        "unexpected text")
-    line, col = err.get("line") or tokens[-1].line, err.get("col") or tokens[-1].col
     near = err.get("highlight")
+    line, col = (err["line"], err["col"] - len(near or " ") + 1) if err.get("line") else _where(tokens[-1])
     return SqlError(f"syntax error: {desc}" + (f" (at {near!r})" if near and near not in desc else ""),
                     line, col, "check the syntax near the marked position")
 
@@ -220,17 +224,17 @@ def _apply_emit(stmt: Statement, emit: list[Token], first: Token) -> None:
     where = emit[0]
     if not isinstance(stmt, CreateView):
         raise SqlError(f"{' '.join(t.text for t in emit)} applies only to CREATE MATERIALIZED VIEW",
-                       where.line, where.col, _EMIT_HINT)
+                       *_where(where), _EMIT_HINT)
     if emit[1].text.upper() != "EVERY":
         return
     rest = emit[2:]
     ok = len(rest) in (2, 3) and rest[0].token_type == TokenType.INTERVAL and rest[1].token_type == TokenType.STRING
     if not ok:
-        raise SqlError("cannot read this EMIT EVERY clause", where.line, where.col, _EMIT_HINT)
+        raise SqlError("cannot read this EMIT EVERY clause", *_where(where), _EMIT_HINT)
     try:
         us = duration_us(" ".join(t.text for t in rest[1:]))
     except ValueError as e:
-        raise SqlError(f"EMIT EVERY: {e}", rest[1].line, rest[1].col, _EMIT_HINT) from None
+        raise SqlError(f"EMIT EVERY: {e}", *_where(rest[1]), _EMIT_HINT) from None
     stmt.options["emit_every_us"] = str(us)
 
 
@@ -276,11 +280,11 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
             return Show(text, "STREAMS" if m.group(1).upper() == "STREAMS" else "VIEWS")
         stop = tree.meta.get("stop") or tokens[0]
         near = f"unexpected {stop.text[:40]!r}" if stop is not tokens[0] else f"cannot read this {stop.text[:20]!r}"
-        raise SqlError(f"syntax error: {near} in this {tokens[0].text.upper()[:20]} statement", stop.line, stop.col,
+        raise SqlError(f"syntax error: {near} in this {tokens[0].text.upper()[:20]} statement", *_where(stop),
                        "check the syntax near the marked position; " + SUPPORTED)
     if isinstance(tree, exp.Query):
         return Query(text)
-    raise SqlError(f"unsupported statement {tokens[0].text.upper()}", tokens[0].line, tokens[0].col, SUPPORTED)
+    raise SqlError(f"unsupported statement {tokens[0].text.upper()[:20]}", *_where(tokens[0]), SUPPORTED)
 
 
 def _options(tree: exp.Create) -> tuple[dict[str, str], dict[str, exp.Expression]]:
@@ -320,7 +324,7 @@ def _create_stream(tree: exp.Create, text: str) -> CreateStream:
                 raise at(item, f"column {col} is declared twice")
             if not isinstance(item.args.get("kind"), exp.DataType):
                 raise at(item, f"column {col} needs a type", "e.g. amount DOUBLE")
-            fields.append(pa.field(col, arrow_type(item.args["kind"])))
+            fields.append(pa.field(col, arrow_type(item.args["kind"], item)))
         else:
             raise at(item, f"unexpected item in column list: {item.sql()[:60]}")
     if not fields:

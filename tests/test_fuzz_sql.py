@@ -138,12 +138,23 @@ def _pieces(sql: str) -> list[str]:
             for t in tokens]
 
 
+OPS = {"delete": 8, "duplicate": 4, "swap": 4, "value": 30, "duration": 20, "insert": 8, "nest": 5, "long": 6,
+       "option": 15}
+
+
 def _mutate(rng: random.Random, pieces: list[tuple[str, str]]) -> None:
     """One random token-level mutation, in place."""
     i = rng.randrange(len(pieces))
     kind, text = pieces[i]
-    op = rng.choice(["delete", "duplicate", "swap", "value", "value", "value", "insert", "nest", "long",
-                     "option"])
+    op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
+    if op == "duration":  # a string that reads as a duration: the most common place for bad values
+        strings = [j for j, (k, _) in enumerate(pieces) if k == "STRING"]
+        if strings:
+            i, kind, text = (j := rng.choice(strings)), "STRING", pieces[j][1]
+            n = rng.choice(["0", "-1", "1", "7", "0.0000001", "1e3", "36500", "36501", "10" * 12, "-0"])
+            unit = rng.choice(["seconds", "second", "ms", "us", "hours", "days", "week", "month", "year", "", "x"])
+            pieces[i] = (kind, f"'{n} {unit}'" if rng.random() < 0.8 else f"'{n}' {unit or 'SECOND'}")
+        return
     if op == "delete":
         del pieces[i]
     elif op == "duplicate":
