@@ -243,7 +243,7 @@ def _canonical(tree: exp.Expression, emit: list[Token] | None) -> str:
     tail = " " + " ".join(t.text.upper() if t.token_type != TokenType.STRING else repr(t.text) for t in emit) \
         if emit else ""
     try:
-        return tree.sql(dialect=StreamSQL) + tail
+        return tree.sql(dialect=StreamSQL, comments=False) + tail
     except (RecursionError, ValueError):
         return ""
 
