@@ -288,7 +288,8 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
 
 
 def _options(tree: exp.Create) -> tuple[dict[str, str], dict[str, exp.Expression]]:
-    """WITH (key = value, ...) as text, keys lower case, plus each option's node (to locate errors)."""
+    """WITH (key = value, ...) as text, keys lower case, plus each option's node (to locate errors). An
+    option given twice takes its last value (tests and scripts override a base list that way)."""
     props = tree.args.get("properties")
     out: dict[str, str] = {}
     nodes: dict[str, exp.Expression] = {}
@@ -299,8 +300,6 @@ def _options(tree: exp.Create) -> tuple[dict[str, str], dict[str, exp.Expression
             raise at(p, f"cannot read option {p.sql()[:60]}", "write WITH (key = 'value', ...)")
         key = (p.this.name if isinstance(p.this, (exp.Literal, exp.Var, exp.Identifier)) else p.this.sql()).lower()
         value = p.args.get("value")
-        if key in out:
-            raise at(p, f"option {key} is given twice", "give each option once")
         out[key] = value.name if isinstance(value, exp.Literal) else (value.sql() if value else "")
         nodes[key] = p
     return out, nodes

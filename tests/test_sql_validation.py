@@ -229,8 +229,7 @@ def test_options_of_another_connector_are_refused():
 @pytest.mark.parametrize("extra,words", [
     (", event_time_min = '2100-01-01', event_time_max = '2000-01-01'", "before event_time_max"),
     (", scan_startup = 'timestamp'", "needs scan_startup_timestamp"),
-    (", rows = '5', rows = '6'", "given twice"),
-    (", connector = 'view'", "given twice"),
+    (", connector = 'view'", "connector: must be one of"),
 ])
 def test_options_that_contradict_each_other(extra, words):
     connector = "kafka" if "scan_startup" in extra else "file" if "event_time" in extra else "generator"
