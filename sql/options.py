@@ -214,5 +214,17 @@ def _consistency(o: dict[str, str]) -> list[str]:
 
 
 def check_view_options(options: dict[str, str], nodes: Mapping[str, exp.Expression]) -> dict[str, str]:
-    """A materialized view's WITH options."""
-    return check_options(options, VIEW, VIEW_PREFIXES, nodes, "a materialized view")
+    """A materialized view's WITH options; sink settings without a sink_topic would be silently unused."""
+    out = check_options(options, VIEW, VIEW_PREFIXES, nodes, "a materialized view")
+    stray = next((k for k in out if k.startswith("sink_") and k != "sink_topic"), None)
+    if stray and "sink_topic" not in out:
+        raise at(nodes[stray], f"option {stray} needs sink_topic", "add sink_topic = 'topic' or remove it")
+    return out
+
+
+def sink_servers_problem(view_options: dict[str, str], stream_options: dict[str, str]) -> str | None:
+    """A Kafka sink needs a broker: sink_bootstrap_servers, or the Kafka stream's own bootstrap_servers."""
+    if "sink_topic" in view_options and not (view_options.get("sink_bootstrap_servers")
+                                             or stream_options.get("bootstrap_servers")):
+        return "sink_topic needs sink_bootstrap_servers = 'host:port' (the stream is not read from Kafka)"
+    return None

@@ -20,6 +20,7 @@ from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
 from pondstream.sql.intervals import interval_us, option_duration
 from pondstream.sql.names import object_name
+from pondstream.sql.options import sink_servers_problem
 from pondstream.sql.statements import CreateStream, CreateView
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
@@ -419,6 +420,9 @@ class _Planner:
             raise at(sel, f"{opt} is not supported for {what}",
                      "running aggregates already write changed keys at every checkpoint; windows drop their "
                      "state when they close" if kind != "session" else "sessions are emitted once, when closed")
+        problem = sink_servers_problem(plan.options, stream.options)
+        if problem:
+            raise at(sel, problem, "e.g. WITH (sink_topic = 'hourly', sink_bootstrap_servers = 'localhost:9092')")
         if "allowed_lateness" in plan.options:
             plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)

@@ -256,7 +256,10 @@ def test_batch_bytes_zero_no_longer_skips_the_input(tmp_path):
 
 @pytest.mark.parametrize("opts,ok", [("allowed_lateness = '0 seconds'", True), ("allowed_lateness = '-1 minute'", False),
                                      ("state_ttl = '0 days'", False), ("state_ttl = '7 days'", True),
-                                     ("sink_topic = ''", False), ("'sink_properties.acks' = 'all'", True),
+                                     ("sink_topic = ''", False), ("'sink_properties.acks' = 'all'", False),
+                                     ("sink_topic = 't'", False),  # a generator stream has no broker to default to
+                                     ("sink_topic = 't', sink_bootstrap_servers = 'h:9092', "
+                                      "'sink_properties.acks' = 'all'", True),
                                      ("'sink_properties.' = 'x'", False)])
 def test_view_options(opts, ok):
     sql = view(with_=f" WITH ({opts})")
