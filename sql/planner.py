@@ -191,6 +191,17 @@ class _Planner:
                                   "window_end)", "e.g. SESSION(TABLE s PARTITION BY k, ...) ... GROUP BY "
                                                  "window_start, window_end, k")
 
+    def _check_bound(self, call: exp.Anonymous, kind: str, stream: CreateStream) -> None:
+        """TUMBLE_START(ts, size) and friends must repeat the GROUP BY window exactly: with other sizes they
+        would label rows with bounds of windows that were never computed."""
+        want = WINDOW_ARGS[kind.upper()]
+        if len(call.expressions) != want:
+            raise at(call, f"{call.name} takes {want} arguments, those of the window in GROUP BY")
+        self._check_time_col(call.expressions[0], stream)
+        if self._window_spec(kind, call.expressions[1:], call) != self.window:
+            raise at(call, f"{call.name} names another window than the one in GROUP BY",
+                     "repeat the GROUP BY window's arguments")
+
     def _check_time_col(self, col: exp.Expression, stream: CreateStream) -> None:
         if not isinstance(col, exp.Column) or col.name.lower() != stream.event_time.lower():
             raise at(col, f"windows must be over the stream's event-time column {stream.event_time}",
@@ -270,14 +281,16 @@ class _Planner:
             distinct = agg.this if isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct) else None
             if isinstance(agg, exp.ApproxDistinct) or distinct is not None:
                 # A set of values per window and key; APPROX_DISTINCT is answered exactly.
-                arg = distinct.expressions[0] if distinct is not None else agg.this
                 if distinct is not None and len(distinct.expressions) != 1:
                     raise at(agg, "COUNT(DISTINCT ...) takes one expression")
+                arg = distinct.expressions[0] if distinct is not None else agg.this
                 col = exp.column(add(input_col(arg), "distinct", "distinct"))
                 return exp.Cast(this=exp.Anonymous(this="cardinality", expressions=[col]),
                                 to=exp.DataType.build("BIGINT"))
             if agg.find(exp.Distinct):
                 raise at(agg, f"{agg.sql_name()}(DISTINCT ...) is not supported", AGG_HINT)
+            if agg.this is None and not isinstance(agg, exp.Count):
+                raise at(agg, f"{agg.sql_name()} needs an argument", AGG_HINT)
             if type(agg) in VARIANCE:
                 kind, root = VARIANCE[type(agg)]
                 x = exp.Cast(this=agg.this.copy(), to=exp.DataType.build("DOUBLE"))
@@ -329,6 +342,7 @@ class _Planner:
                     fkind, bound = BOUND_FUNCS[n.name.upper()]
                     if fkind != kind:
                         raise at(n, f"{n.name} does not match the view's {kind.upper()} window")
+                    self._check_bound(n, fkind, stream)
                     return exp.column("__ws" if bound == "start" else "__we")
                 if isinstance(n, exp.Column) and n.name.lower() in window_cols:
                     return exp.column("__ws" if n.name.lower() == "window_start" else "__we")

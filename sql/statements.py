@@ -29,6 +29,7 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)  # SHOW falls back to Comma
 MAX_SCRIPT_BYTES = 1 << 20
 MAX_BRACKETS = 30  # nesting of brackets in the text (sqlglot's parser recurses ~25 frames per level)
 MAX_DEPTH = 200  # of the parsed expression tree
+MAX_INTERVAL_TEXT = 100
 MAX_NODES = 20_000  # expression nodes in one statement
 SUPPORTED = "supported: CREATE STREAM, CREATE MATERIALIZED VIEW, DROP, SHOW, DESCRIBE, SELECT"
 
@@ -128,7 +129,7 @@ def _split(tokens: list[Token]) -> list[list[Token]]:
 
 def _one(sql: str, tokens: list[Token]) -> Statement:
     """One statement from its tokens: bounded, parsed, typed; its source text kept exactly."""
-    _check_brackets(tokens)
+    _check_tokens(tokens)
     text = sql[tokens[0].start:tokens[-1].end + 1]
     tokens, emit = _cut_emit(tokens)
     tree = _parse(sql, tokens)
@@ -146,10 +147,15 @@ def _where(t: Token) -> tuple[int, int]:
     return t.line, max(t.col - (t.end - t.start), 1)
 
 
-def _check_brackets(tokens: list[Token]) -> None:
-    """Refuse bracket nesting deeper than MAX_BRACKETS before the recursive parser sees it."""
+def _check_tokens(tokens: list[Token]) -> None:
+    """Refuse, before sqlglot's parser sees them, bracket nesting deeper than MAX_BRACKETS (it recurses per
+    level) and interval strings longer than MAX_INTERVAL_TEXT (it reads them with a regex that is
+    quadratic in their length)."""
     depth = 0
-    for t in tokens:
+    for prev, t in zip([None, *tokens], tokens, strict=False):
+        if prev is not None and prev.token_type == TokenType.INTERVAL and len(t.text) > MAX_INTERVAL_TEXT:
+            raise SqlError(f"interval text longer than {MAX_INTERVAL_TEXT} characters", *_where(t),
+                           "write e.g. INTERVAL '1' HOUR")
         depth += (t.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET)) - \
             (t.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET))
         if depth > MAX_BRACKETS:
@@ -198,7 +204,9 @@ def _syntax_error(e: sqlglot.errors.ParseError, tokens: list[Token]) -> SqlError
     desc = str(err.get("description") or e).split(". Line")[0]
     desc = _TOKEN_REPR.sub(lambda m: "the end of the statement" if m.group(1) == "SENTINEL" else repr(m.group(2)),
                            desc)
-    desc = _REQUIRED.sub(lambda m: f"incomplete {m.group(2).upper()}: its {m.group(1)} is missing", desc)
+    desc = _REQUIRED.sub(lambda m: f"incomplete {m.group(2).upper()}: its "
+                         f"{ {'this': 'argument', 'expression': 'right-hand side'}.get(m.group(1), m.group(1))} "
+                         "is missing", desc)
     desc = desc.replace("Expecting )", "expected a closing )").replace("Invalid expression / Unexpected token",
                                                                        "unexpected text")
     near = err.get("highlight")

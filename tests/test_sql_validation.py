@@ -24,7 +24,7 @@ from pondstream.sql.planner import plan_view
 COLS = "order_id BIGINT, customer_id VARCHAR, amount DOUBLE, event_time TIMESTAMP"
 WM = "WATERMARK FOR event_time AS event_time - INTERVAL '5' SECOND"
 GEN = f"CREATE STREAM orders ({COLS}, {WM}) WITH (connector = 'generator', rows = '100'{{opts}})"
-HOURLY = ("CREATE MATERIALIZED VIEW hourly{with_} AS SELECT TUMBLE_START(event_time, INTERVAL '1' HOUR) AS hour, "
+HOURLY = ("CREATE MATERIALIZED VIEW hourly{with_} AS SELECT {start} AS hour, "
           "customer_id, COUNT(*) AS n FROM orders GROUP BY {window}, customer_id")
 INTERNALS = re.compile(r"TokenType|SENTINEL|<class|<Token|sqlglot|Traceback")
 
@@ -45,7 +45,7 @@ def gen_streams() -> dict[str, CreateStream]:
 
 
 def view(window: str = "TUMBLE(event_time, INTERVAL '1' HOUR)", with_: str = "") -> str:
-    return HOURLY.format(window=window, with_=with_)
+    return HOURLY.format(window=window, with_=with_, start=re.sub(r"^(\w+)\(", r"\1_START(", window))
 
 
 # -- names ---------------------------------------------------------------------------------------------
@@ -134,8 +134,7 @@ def test_hop_and_cumulate_size_is_a_bounded_multiple_of_slide(slide, size, ok):
     windows = [f"HOP(event_time, '{slide}', '{size}')"]
     tvf = (f"CREATE MATERIALIZED VIEW c AS SELECT window_start, window_end, COUNT(*) AS n FROM TABLE(CUMULATE("
            f"TABLE orders, DESCRIPTOR(event_time), '{slide}', '{size}')) GROUP BY window_start, window_end")
-    for sql in [view(w).replace("TUMBLE_START(event_time, INTERVAL '1' HOUR)",
-                                f"HOP_START(event_time, '{slide}', '{size}')") for w in windows] + [tvf]:
+    for sql in [view(w) for w in windows] + [tvf]:
         if ok:
             plan_view(parse_script(sql)[0], gen_streams())
         else:
@@ -340,6 +339,19 @@ def test_limits_and_syntax_errors_are_sql_errors(sql, words):
     e = refused(sql)
     assert words in e.message, e.render()
     assert e.line is not None or "MB" in e.message
+
+
+@pytest.mark.parametrize("start,ok", [("TUMBLE_START(event_time, INTERVAL '1' HOUR)", True),
+                                      ("TUMBLE_START(event_time, '60 minutes')", True),
+                                      ("TUMBLE_START(event_time, INTERVAL '2' HOUR)", False),
+                                      ("TUMBLE_START(event_time)", False), ("TUMBLE_START(amount, INTERVAL '1' HOUR)", False),
+                                      ("HOP_START(event_time, INTERVAL '1' HOUR, INTERVAL '1' HOUR)", False)])
+def test_window_bound_functions_must_repeat_the_group_by_window(start, ok):
+    sql = view().replace("TUMBLE_START(event_time, INTERVAL '1' HOUR)", start)
+    if ok:
+        plan_view(parse_script(sql)[0], gen_streams())
+    else:
+        assert refused(sql).line == 1
 
 
 def test_tvf_without_descriptor_column_is_located():
