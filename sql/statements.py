@@ -86,12 +86,6 @@ class Query(Statement):
     """Anything else: a query DataFusion runs over the materialized views."""
 
 
-@dataclass
-class _Emit:
-    clause: str  # as written, e.g. "EMIT EVERY INTERVAL '10' SECOND"
-    every_us: int | None
-
-
 _SHOW = re.compile(r"^\s*SHOW\s+(STREAMS|MATERIALIZED\s+VIEWS|VIEWS)\s*$", re.I)
 _EMIT_HINT = "end the view with EMIT ON WINDOW CLOSE or EMIT EVERY INTERVAL '10' SECOND"
 
@@ -137,7 +131,7 @@ def _one(sql: str, tokens: list[Token]) -> Statement:
     stmt = _statement(tree, text, tokens)
     stmt.canonical = _canonical(tree, emit)
     if emit is not None:
-        _apply_emit(stmt, emit, tokens[0])
+        _apply_emit(stmt, emit)
     stmt.script = sql  # the text line/column numbers refer to, for later (planning) errors
     return stmt
 
@@ -196,6 +190,7 @@ def _parse(sql: str, tokens: list[Token]) -> exp.Expression:
 
 _TOKEN_REPR = re.compile(r"<Token token_type: TokenType\.(\w+), text: ([^,]*), line[^>]*>")
 _REQUIRED = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*\.(\w+)'>")
+_ARG_WORDS = {"this": "argument", "expression": "right-hand side"}
 
 
 def _syntax_error(e: sqlglot.errors.ParseError, tokens: list[Token]) -> SqlError:
@@ -205,8 +200,7 @@ def _syntax_error(e: sqlglot.errors.ParseError, tokens: list[Token]) -> SqlError
     desc = _TOKEN_REPR.sub(lambda m: "the end of the statement" if m.group(1) == "SENTINEL" else repr(m.group(2)),
                            desc)
     desc = _REQUIRED.sub(lambda m: f"incomplete {m.group(2).upper()}: its "
-                         f"{ {'this': 'argument', 'expression': 'right-hand side'}.get(m.group(1), m.group(1))} "
-                         "is missing", desc)
+                                   f"{_ARG_WORDS.get(m.group(1), m.group(1))} is missing", desc)
     desc = desc.replace("Expecting )", "expected a closing )").replace("Invalid expression / Unexpected token",
                                                                        "unexpected text")
     near = err.get("highlight")
@@ -227,7 +221,7 @@ def _cut_emit(tokens: list[Token]) -> tuple[list[Token], list[Token] | None]:
     return tokens, None
 
 
-def _apply_emit(stmt: Statement, emit: list[Token], first: Token) -> None:
+def _apply_emit(stmt: Statement, emit: list[Token]) -> None:
     """EMIT belongs to a materialized view; EMIT EVERY must name a positive, bounded interval."""
     where = emit[0]
     if not isinstance(stmt, CreateView):
