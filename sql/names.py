@@ -4,6 +4,9 @@
   quoted identifiers are kept exactly: `CREATE STREAM Orders` is `orders`, `CREATE STREAM "Orders"` is `Orders`.
 - Every name, quoted or not, is 1..63 ASCII letters, digits and underscores, not starting with a digit
   (it becomes a directory name, a RocksDB key prefix and a column of Parquet files).
+- Columns declared in CREATE STREAM and aliases of a view's output columns follow the same rule (a quoted
+  "customerId" reads a JSON field of that exact case; unquoted, it is customerid). Output columns without an
+  alias keep the name DataFusion would give them.
 - Names starting with `_` are pondstream's own: a stream's `__errors` series, a view's `__late` series,
   the hidden columns `_version`, `_window_start`, `_window_end`, `_keyN`, `_watermark`. A stream or view
   may also not end in `__errors` or `__late`, so it can never be mistaken for another object's series.
