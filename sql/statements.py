@@ -92,8 +92,6 @@ _EMIT_HINT = "end the view with EMIT ON WINDOW CLOSE or EMIT EVERY INTERVAL '10'
 
 def parse_script(sql: str) -> list[Statement]:
     """All statements of a script, in order; raises SqlError with line/column on the first problem."""
-    if len(sql.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_BYTES:
-        raise SqlError(f"the script is larger than {MAX_SCRIPT_BYTES >> 20} MB", hint="split it into smaller files")
     out: list[Statement] = []
     for tokens in _split(_tokenize(sql)):
         try:
@@ -103,7 +101,20 @@ def parse_script(sql: str) -> list[Statement]:
     return out
 
 
+def check_limits(sql: str) -> None:
+    """The size and nesting bounds of parse_script, for text that goes to sqlglot or DataFusion by another
+    way (Engine.query); SqlError if exceeded."""
+    for tokens in _split(_tokenize(sql)):
+        try:
+            _check_tokens(tokens)
+        except SqlError as e:
+            raise e.with_sql(sql) from None
+
+
 def _tokenize(sql: str) -> list[Token]:
+    """sqlglot's tokens of a script of at most MAX_SCRIPT_BYTES."""
+    if len(sql.encode("utf-8", "surrogatepass")) > MAX_SCRIPT_BYTES:
+        raise SqlError(f"the script is larger than {MAX_SCRIPT_BYTES >> 20} MB", hint="split it into smaller files")
     try:
         return StreamSQL().tokenize(sql)
     except sqlglot.errors.TokenError as e:
