@@ -10,9 +10,11 @@ from pondstream.sql.statements import (
     Query,
     Show,
     Statement,
+    check_limits,
     parse_script,
 )
 
 __all__ = [
     "SqlError", "check_name", "object_name", "Statement", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
+    "check_limits",
 ]

@@ -14,7 +14,7 @@ import pytest
 
 from pondstream.engine import Engine, EngineError
 from pondstream.engine.catalog import Catalog
-from pondstream.sql import CreateStream, CreateView, SqlError, parse_script
+from pondstream.sql import CreateStream, CreateView, SqlError, check_limits, parse_script
 from pondstream.sql.dialect import StreamSQL
 from pondstream.sql.intervals import MAX_US
 from pondstream.sql.names import MAX_LEN, check_name
@@ -366,3 +366,13 @@ def test_engine_refuses_reserved_and_hostile_names(tmp_path):
             with pytest.raises((SqlError, EngineError)):
                 e.execute(GEN.format(opts="").replace("orders", name, 1))
         assert not (tmp_path / "catalog.json").exists() or not Catalog.load(tmp_path).streams
+
+
+@pytest.mark.parametrize("sql,ok", [("EXPLAIN SELECT * FROM v", True), ("SELECT " + "(" * 31 + "1" + ")" * 31, False),
+                                    ("SELECT INTERVAL '" + "9" * 5000 + "'", False), ("x" * (1 << 20 | 1), False)])
+def test_check_limits_bounds_text_that_is_not_parsed_here(sql, ok):
+    if ok:
+        check_limits(sql)
+    else:
+        with pytest.raises(SqlError):
+            check_limits(sql)
