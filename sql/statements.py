@@ -224,9 +224,9 @@ def _cut_emit(tokens: list[Token]) -> tuple[list[Token], list[Token] | None]:
     """Split a trailing `EMIT ON WINDOW CLOSE` / `EMIT EVERY INTERVAL '..' [unit]` (which sqlglot does not
     parse) off a statement's tokens."""
     words = [t.text.upper() for t in tokens]
-    if words[-4:] == ["EMIT", "ON", "WINDOW", "CLOSE"]:
+    if words[-4:] == ["EMIT", "ON", "WINDOW", "CLOSE"] and len(tokens) > 4:
         return tokens[:-4], tokens[-4:]
-    for i in range(max(len(tokens) - 5, 0), len(tokens) - 1):
+    for i in range(max(len(tokens) - 5, 1), len(tokens) - 1):  # (a statement of only EMIT is not cut)
         if words[i] == "EMIT" and words[i + 1] == "EVERY":
             return tokens[:i], tokens[i:]
     return tokens, None

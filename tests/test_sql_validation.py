@@ -334,6 +334,8 @@ def test_every_truncation_is_accepted_or_a_located_syntax_error(cut):
      "cannot read DECIMAL"),
     ('CREATE STREAM s (a INT) WITH ("" = 1)', "syntax error"),
     ("SELECT 1 EMIT ON WINDOW CLOSE", "applies only to CREATE MATERIALIZED VIEW"),
+    ("SELECT 1; EMIT ON WINDOW CLOSE", "syntax error"),
+    ("EMIT EVERY INTERVAL '1' SECOND", "syntax error"),
 ])
 def test_limits_and_syntax_errors_are_sql_errors(sql, words):
     e = refused(sql)
