@@ -1,6 +1,6 @@
 """The WITH options every stream connector and view knows, each with its validator: one table, checked at CREATE.
 
-A validator takes the option's text and returns it (normalized) or raises ValueError saying why; unknown
+A Check takes the option's text and returns it (normalized) or raises ValueError saying why; unknown
 options are refused with the known ones listed and the closest match suggested, so a misspelled option
 is never silently ignored.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 from sqlglot import exp
@@ -17,33 +18,41 @@ from sqlglot import exp
 from pondstream.sql.errors import at
 from pondstream.sql.intervals import MAX_US, duration_us
 
-Validator = Callable[[str], str]
 INT64_MAX = 2**63 - 1
 
 
-def duration(allow_zero: bool) -> Validator:
+@dataclass(frozen=True)
+class Check:
+    """How one option's text is validated (returns it normalized, or raises ValueError saying why), and a
+    good value to show in the hint."""
+
+    parse: Callable[[str], str]
+    example: str
+
+
+def duration(allow_zero: bool) -> Check:
     """A duration, '5 seconds': positive (or zero) and at most 100 years."""
-    def check(text: str) -> str:
+    def parse(text: str) -> str:
         duration_us(text, allow_zero)
-        return text
-    return check
+        return text.strip()
+    return Check(parse, "'5 seconds'")
 
 
-def integer(lo: int, hi: int) -> Validator:
+def integer(lo: int, hi: int) -> Check:
     """A whole number in [lo, hi], given as '10' or 10."""
-    def check(text: str) -> str:
+    def parse(text: str) -> str:
         t = text.strip().replace("_", "")
         if not t.lstrip("+-").isdigit() or len(t) > 20:
             raise ValueError(f"expected a whole number, got {text[:40]!r}")
         if not lo <= int(t) <= hi:
             raise ValueError(f"must be between {lo:_} and {hi:_}, got {text[:40]}")
         return str(int(t))
-    return check
+    return Check(parse, f"'{max(lo, 1)}'")
 
 
-def number(lo: float, hi: float) -> Validator:
+def number(lo: float, hi: float) -> Check:
     """A finite number in [lo, hi]."""
-    def check(text: str) -> str:
+    def parse(text: str) -> str:
         try:
             x = float(text)
         except ValueError:
@@ -51,16 +60,16 @@ def number(lo: float, hi: float) -> Validator:
         if not math.isfinite(x) or not lo <= x <= hi:
             raise ValueError(f"must be a number between {lo:g} and {hi:g}, got {text[:40]}")
         return text.strip()
-    return check
+    return Check(parse, f"'{lo:g}'")
 
 
-def choice(*values: str) -> Validator:
+def choice(*values: str) -> Check:
     """One of `values`, case-insensitive (stored lower case)."""
-    def check(text: str) -> str:
-        if text.lower() not in values:
+    def parse(text: str) -> str:
+        if text.strip().lower() not in values:
             raise ValueError(f"must be one of {', '.join(values)}, got {text[:40]!r}")
-        return text.lower()
-    return check
+        return text.strip().lower()
+    return Check(parse, f"'{values[0]}'")
 
 
 def timestamp_us(text: str) -> int:
@@ -71,18 +80,18 @@ def timestamp_us(text: str) -> int:
         raise ValueError(f"expected a timestamp such as '2026-01-01 00:00:00', got {text[:40]!r}") from None
 
 
-def timestamp(text: str) -> str:
+def _timestamp(text: str) -> str:
     timestamp_us(text)
-    return text
+    return text.strip()
 
 
-def epoch_ms_or_timestamp(text: str) -> str:
+def _epoch_ms_or_timestamp(text: str) -> str:
     """Kafka's scan_startup_timestamp: epoch milliseconds (digits) or a timestamp."""
-    return integer(0, INT64_MAX // 1000)(text) if text.strip().isdigit() else timestamp(text)
+    return integer(0, INT64_MAX // 1000).parse(text) if text.strip().isdigit() else _timestamp(text)
 
 
-def text_value(text: str) -> str:
-    """Any non-empty text (a path, a topic, host:port list)."""
+def _text(text: str) -> str:
+    """Any non-empty text (a path, a topic, a host:port list, a column name)."""
     if not text.strip():
         raise ValueError("must not be empty")
     if "\x00" in text:
@@ -90,20 +99,20 @@ def text_value(text: str) -> str:
     return text
 
 
-def identifier(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must name a column")
-    return text
+timestamp = Check(_timestamp, "'2026-01-01 00:00:00'")
+epoch_ms_or_timestamp = Check(_epoch_ms_or_timestamp, "'1767225600000'")
+text_value = Check(_text, "'...'")
+identifier = Check(_text, "'event_time'")
 
 
 HUGE = 10**12
-STREAM: dict[str, Validator] = {
+STREAM: dict[str, Check] = {
     "connector": choice("file", "generator", "kafka"),
     "timestamp_field": identifier,
     "watermark_delay": duration(allow_zero=True),
     "idle_timeout": duration(allow_zero=False),
 }
-CONNECTORS: dict[str, dict[str, Validator]] = {
+CONNECTORS: dict[str, dict[str, Check]] = {
     "file": {
         "path": text_value,
         "format": choice("jsonl", "json", "csv", "parquet"),
@@ -134,7 +143,7 @@ CONNECTORS: dict[str, dict[str, Validator]] = {
 }
 REQUIRED = {"file": ("path",), "kafka": ("topic", "bootstrap_servers")}
 PREFIXES = {"kafka": ("properties.",)}  # passed through to librdkafka
-VIEW: dict[str, Validator] = {
+VIEW: dict[str, Check] = {
     "allowed_lateness": duration(allow_zero=True),
     "state_ttl": duration(allow_zero=False),
     "sink_topic": text_value,
@@ -145,14 +154,14 @@ VIEW: dict[str, Validator] = {
 VIEW_PREFIXES = ("sink_properties.",)
 
 
-def check_options(options: dict[str, str], known: Mapping[str, Validator], prefixes: tuple[str, ...],
+def check_options(options: dict[str, str], known: Mapping[str, Check], prefixes: tuple[str, ...],
                   nodes: Mapping[str, exp.Expression], what: str) -> dict[str, str]:
     """Validate (and normalize) every option against `known`; a SqlError at the offending option if one is
     unknown or its value is wrong."""
     out: dict[str, str] = {}
     for key, value in options.items():
         node = nodes.get(key)
-        if key.startswith(prefixes) and len(key) > len(next(p for p in prefixes if key.startswith(p))):
+        if any(key.startswith(p) and len(key) > len(p) for p in prefixes):  # passed through as they are
             out[key] = value
             continue
         if key not in known:
@@ -161,16 +170,10 @@ def check_options(options: dict[str, str], known: Mapping[str, Validator], prefi
                 f"{what} options are: {', '.join([*known, *(p + '*' for p in prefixes)])}"
             raise at(node, f"unknown option {key} for {what}", hint)
         try:
-            out[key] = known[key](value)
+            out[key] = known[key].parse(value)
         except ValueError as e:
-            raise at(node, f"option {key}: {e}", _example(key)) from None
+            raise at(node, f"option {key}: {e}", f"e.g. {key} = {known[key].example}") from None
     return out
-
-
-def _example(key: str) -> str:
-    return f"e.g. {key} = '5 seconds'" if key in ("watermark_delay", "idle_timeout", "allowed_lateness",
-                                                   "state_ttl", "out_of_orderness", "step", "emit_every") \
-        else f"check the value of {key}"
 
 
 def check_stream_options(options: dict[str, str], nodes: Mapping[str, exp.Expression],
