@@ -95,6 +95,14 @@ FROM orders GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR), UPPER(customer_id);
 """,
 ]
 OTHER = "DESCRIBE orders; SHOW STREAMS; SHOW MATERIALIZED VIEWS; SELECT 1 AS x;\n"
+DROPS = "DESCRIBE hourly_sales; DROP MATERIALIZED VIEW hourly_sales; DROP STREAM IF EXISTS orders;\n"
+TYPED = """CREATE STREAM typed (id BIGINT, price DECIMAL(10, 2), qty INT, note VARCHAR(20), ok BOOLEAN, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts) WITH (connector = 'file', path = 'orders.jsonl', format = 'jsonl');
+CREATE MATERIALIZED VIEW per_minute AS
+SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS m, SUM(price * qty) AS v, BOOL_AND(ok) AS all_ok,
+       FIRST_VALUE(note) AS first_note, VAR_POP(CAST(qty AS DOUBLE)) AS var
+FROM typed WHERE qty BETWEEN 1 AND 10 AND note LIKE 'a%' GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE);
+"""
 
 NUMBERS = ["0", "-1", "1", "99999999999999999999999999", "1e308", "2147483648", "9223372036854775808", "0.5"]
 STRINGS = ["'0 seconds'", "'-5 seconds'", "'0'", "'-1'", "''", "'1000000000 days'", "'1e400 hours'",
@@ -126,6 +134,7 @@ def bases() -> list[str]:
         out += [stream + v for v in VIEWS[2:]]
         out.append(stream + VIEWS[0] + VIEWS[3] + VIEWS[7] + OTHER)  # (each statement re-reads the catalog)
     out += [KAFKA_STREAM + v for v in (VIEWS[0], VIEWS[2], VIEWS[3])]
+    out += [TYPED, FILE_STREAM + VIEWS[0] + DROPS]
     return out
 
 
