@@ -213,7 +213,7 @@ def _syntax_error(e: sqlglot.errors.ParseError, tokens: list[Token]) -> SqlError
     desc = _REQUIRED.sub(lambda m: f"incomplete {m.group(2).upper()}: its "
                                    f"{_ARG_WORDS.get(m.group(1), m.group(1))} is missing", desc)
     desc = desc.replace("Expecting )", "expected a closing )").replace("Invalid expression / Unexpected token",
-                                                                       "unexpected text")
+                                                                       "unexpected text").replace("Expected", "expected")
     near = err.get("highlight")
     line, col = (err["line"], err["col"] - len(near or " ") + 1) if err.get("line") else _where(tokens[-1])
     return SqlError(f"syntax error: {desc}" + (f" (at {near!r})" if near and near not in desc else ""),
@@ -291,10 +291,11 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
         m = _SHOW.match(text)
         if m:
             return Show(text, "STREAMS" if m.group(1).upper() == "STREAMS" else "VIEWS")
-        stop = tree.meta.get("stop") or tokens[0]
-        near = f"unexpected {stop.text[:40]!r}" if stop is not tokens[0] else f"cannot read this {stop.text[:20]!r}"
-        raise SqlError(f"syntax error: {near} in this {tokens[0].text.upper()[:20]} statement", *_where(stop),
-                       "check the syntax near the marked position; " + SUPPORTED)
+        stop, kw = tree.meta.get("stop") or tokens[0], tokens[0].text.upper()[:20]
+        what = f"unexpected {stop.text[:40]!r} in this {kw} statement" if stop is not tokens[0] \
+            else f"cannot read this {kw} statement"
+        raise SqlError(f"syntax error: {what}", *_where(stop), "check the syntax near the marked position; " + SUPPORTED
+                       + (" (SHOW STREAMS, SHOW MATERIALIZED VIEWS)" if kw == "SHOW" else ""))
     if isinstance(tree, exp.Query):
         return Query(text)
     raise SqlError(f"unsupported statement {tokens[0].text.upper()[:20]}", *_where(tokens[0]), SUPPORTED)
