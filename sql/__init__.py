@@ -1,6 +1,7 @@
 """SQL front end: text in, typed statement plans out (via a sqlglot dialect of ours)."""
 
 from pondstream.sql.errors import SqlError
+from pondstream.sql.names import check_name, object_name
 from pondstream.sql.statements import (
     CreateStream,
     CreateView,
@@ -9,9 +10,11 @@ from pondstream.sql.statements import (
     Query,
     Show,
     Statement,
+    check_limits,
     parse_script,
 )
 
 __all__ = [
-    "SqlError", "Statement", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
+    "SqlError", "check_name", "object_name", "Statement", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
+    "check_limits",
 ]

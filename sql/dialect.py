@@ -47,6 +47,14 @@ class StreamParser(RisingWaveParser):
             return self.expression(exp.Anonymous(this="TABLE", expressions=args))
         return super()._parse_lambda(alias=alias)
 
+    def _parse_as_command(self, start):
+        """sqlglot's fallback for statements it cannot parse; remember the first token it could not place,
+        so the syntax error can point there."""
+        stop = self._curr
+        command = super()._parse_as_command(start)
+        command.meta["stop"] = stop
+        return command
+
 
 class StreamSQL(RisingWave):
     class Tokenizer(RisingWave.Tokenizer):

@@ -1,8 +1,13 @@
-"""Interval literals (`INTERVAL '1' HOUR`, `INTERVAL '5 seconds'`, `'10 minutes'`) to microseconds."""
+"""Interval literals (`INTERVAL '1' HOUR`, `INTERVAL '5 seconds'`, `'10 minutes'`) to microseconds.
+
+Every duration is bounded (MAX_US, 100 years), so window arithmetic on microsecond timestamps (adding a
+size, multiplying by a fan-out) stays far inside int64 and inside the years Python and Parquet can show.
+"""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from sqlglot import exp
 
@@ -15,8 +20,9 @@ _UNITS_US = {
     "hour": 3_600_000_000, "h": 3_600_000_000,
     "day": 86_400_000_000, "d": 86_400_000_000, "week": 7 * 86_400_000_000,
 }
+MAX_US = 100 * 365 * 86_400_000_000  # 100 years
 _HINT = "write e.g. INTERVAL '1' HOUR, INTERVAL '10' MINUTE or INTERVAL '5 seconds'"
-_PART = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+_PART = re.compile(r"\s*(-?\d{1,30}(?:\.\d{1,30})?)\s*([a-zA-Z]{1,20})\s*")
 
 
 def _unit_us(unit: str) -> int | None:
@@ -29,10 +35,13 @@ def _unit_us(unit: str) -> int | None:
 
 
 def parse_duration(text: str) -> int:
-    """'5 seconds', '1 hour 30 minutes', '250ms' -> microseconds; raises ValueError naming the problem."""
-    pos, total, s = 0, 0, text.strip()
+    """'5 seconds', '1 hour 30 minutes', '250ms' -> microseconds, |value| <= 100 years; raises ValueError
+    naming the problem."""
+    pos, total, s = 0, Decimal(0), text.strip()
     if not s:
         raise ValueError("empty interval")
+    if len(s) > 200:
+        raise ValueError(f"cannot read interval {s[:40]!r}... (too long)")
     while pos < len(s):
         m = _PART.match(s, pos)
         if not m:
@@ -40,35 +49,50 @@ def parse_duration(text: str) -> int:
         us = _unit_us(m.group(2))
         if us is None:
             raise ValueError(f"unknown interval unit {m.group(2)!r} in {text!r} (months and years have no fixed length)")
-        total += round(float(m.group(1)) * us)
+        try:
+            total += Decimal(m.group(1)) * us
+        except InvalidOperation:
+            raise ValueError(f"cannot read interval {text!r}") from None
         pos = m.end()
-    return total
+        if abs(total) > MAX_US:
+            raise ValueError(f"interval {text!r} is too long (at most 100 years)")
+    return int(total.to_integral_value())
+
+
+def duration_us(text: str, allow_zero: bool = False) -> int:
+    """A duration that must be positive (or zero, if allowed) and at most 100 years; ValueError if not."""
+    us = parse_duration(text)
+    if us < 0 or (us == 0 and not allow_zero):
+        raise ValueError(f"interval must be {'zero or ' if allow_zero else ''}positive, got {text!r}")
+    return us
+
+
+def _interval_text(node: exp.Expression) -> str:
+    """'<value> <unit>' of an INTERVAL node, or the text of a string literal; ValueError for anything else."""
+    if isinstance(node, exp.Interval):
+        value = node.this
+        if not isinstance(value, exp.Literal):
+            raise ValueError(f"expected a constant interval, got {node.sql()[:60]}")
+        unit = node.args.get("unit")
+        if unit is not None and not isinstance(unit, exp.Var):
+            raise ValueError(f"unsupported interval unit {unit.sql()[:40]}")
+        return f"{value.name} {unit.name}" if unit is not None else value.name
+    if isinstance(node, exp.Literal) and node.is_string:
+        return node.name
+    raise ValueError(f"expected an interval, got {node.sql()[:60]}")
 
 
 def interval_us(node: exp.Expression, allow_zero: bool = False) -> int:
-    """Microseconds of an interval expression; a clear located error for anything else."""
-    if isinstance(node, exp.Interval):
-        value = node.this.name if node.this is not None else ""
-        unit = node.args.get("unit")
-        text = f"{value} {unit.name}" if unit is not None else value
-        try:
-            us = parse_duration(text)
-        except ValueError as e:
-            raise at(node, str(e), _HINT) from None
-        if us < 0 or (us == 0 and not allow_zero):
-            raise at(node, f"interval must be positive, got {text!r}", _HINT)
-        return us
-    if isinstance(node, exp.Literal) and node.is_string:
-        try:
-            return parse_duration(node.name)
-        except ValueError as e:
-            raise at(node, str(e), _HINT) from None
-    raise at(node, f"expected an interval, got {node.sql()}", _HINT)
+    """Microseconds of an interval expression (positive, bounded); a clear located error for anything else."""
+    try:
+        return duration_us(_interval_text(node), allow_zero)
+    except ValueError as e:
+        raise at(node, str(e), _HINT) from None
 
 
-def option_duration(name: str, text: str) -> int:
+def option_duration(name: str, text: str, allow_zero: bool = True) -> int:
     """A duration given as a WITH option, e.g. watermark_delay = '5 seconds'."""
     try:
-        return parse_duration(text)
+        return duration_us(text, allow_zero)
     except ValueError as e:
         raise SqlError(f"option {name}: {e}", hint=_HINT) from None

@@ -19,6 +19,8 @@ from sqlglot import exp
 from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
 from pondstream.sql.intervals import interval_us, option_duration
+from pondstream.sql.names import object_name
+from pondstream.sql.options import sink_servers_problem
 from pondstream.sql.statements import CreateStream, CreateView
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
@@ -26,6 +28,7 @@ BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "en
                "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end"),
                "SESSION_START": ("session", "start"), "SESSION_END": ("session", "end")}
 WINDOW_ARGS = {"TUMBLE": 2, "HOP": 3, "SESSION": 2}
+MAX_FAN_OUT = 1000  # HOP / CUMULATE windows one event falls in
 AGG_HINT = ("supported aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, STDDEV(_POP|_SAMP), "
             "VARIANCE, VAR_POP, VAR_SAMP, BOOL_AND, BOOL_OR, FIRST_VALUE, LAST_VALUE, APPROX_DISTINCT")
 VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.StddevPop: ("pop", True),
@@ -96,6 +99,8 @@ def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
         return _Planner(view, streams).plan()
     except SqlError as e:
         raise e.with_sql(getattr(view, "script", view.sql)) if e.sql is None else e from None
+    except RecursionError:
+        raise SqlError(f"view {view.name} is too deeply nested to plan", hint="simplify its expressions") from None
 
 
 class _Planner:
@@ -122,8 +127,13 @@ class _Planner:
         return self._stream(table)
 
     def _stream(self, table: exp.Expression) -> CreateStream:
-        name = table.name
-        found = next((s for n, s in self.streams.items() if n.lower() == name.lower()), None)
+        """The stream (or view) a FROM names: by the folded name, else by a unique case-insensitive match
+        (streams created before names were folded keep their case)."""
+        name = object_name(table, "stream")
+        found = self.streams.get(name)
+        if found is None:
+            matches = [s for n, s in self.streams.items() if n.lower() == name.lower()]
+            found = matches[0] if len(matches) == 1 else None
         if found is None:
             known = ", ".join(sorted(self.streams)) or "none declared yet"
             raise at(table, f"unknown stream {name}", f"declare it with CREATE STREAM first (known: {known})")
@@ -148,7 +158,7 @@ class _Planner:
                 self.session_keys = list(src.expressions[1].expressions)
             src = src.expressions[0]
         stream = self._stream(src)
-        ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) else args[1]
+        ts = args[1].expressions[0] if isinstance(args[1], exp.Anonymous) and args[1].expressions else args[1]
         self._check_time_col(ts, stream)
         self.window = self._window_spec(kind, args[2:], call)
         self.tvf = True
@@ -165,6 +175,9 @@ class _Planner:
                 "CUMULATE max_size must be a whole multiple of its step"
             raise at(node, name, "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)" if kind == "hop"
                      else "e.g. CUMULATE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' HOUR, INTERVAL '1' DAY)")
+        if size // slide > MAX_FAN_OUT:  # each event is in size/slide windows: state and work grow with it
+            raise at(node, f"{kind.upper()} size / slide is {size // slide}, more than {MAX_FAN_OUT} windows per event",
+                     "use a larger slide (step) or a smaller size")
         return WindowSpec(kind, size, slide)
 
     def _check_session_keys(self, keys: list[exp.Expression]) -> None:
@@ -177,6 +190,17 @@ class _Planner:
             raise at(self.select, "SESSION's PARTITION BY keys must be the GROUP BY keys (besides window_start/"
                                   "window_end)", "e.g. SESSION(TABLE s PARTITION BY k, ...) ... GROUP BY "
                                                  "window_start, window_end, k")
+
+    def _check_bound(self, call: exp.Anonymous, kind: str, stream: CreateStream) -> None:
+        """TUMBLE_START(ts, size) and friends must repeat the GROUP BY window exactly: with other sizes they
+        would label rows with bounds of windows that were never computed."""
+        want = WINDOW_ARGS[kind.upper()]
+        if len(call.expressions) != want:
+            raise at(call, f"{call.name} takes {want} arguments, those of the window in GROUP BY")
+        self._check_time_col(call.expressions[0], stream)
+        if self._window_spec(kind, call.expressions[1:], call) != self.window:
+            raise at(call, f"{call.name} names another window than the one in GROUP BY",
+                     "repeat the GROUP BY window's arguments")
 
     def _check_time_col(self, col: exp.Expression, stream: CreateStream) -> None:
         if not isinstance(col, exp.Column) or col.name.lower() != stream.event_time.lower():
@@ -221,7 +245,9 @@ class _Planner:
                 if low not in names:
                     raise at(col, f"unknown column {col.name} in stream {stream.name}",
                              f"columns are: {', '.join(stream.schema.names)}")
-                col.set("this", exp.to_identifier(names[low], quoted=True))
+                ident = exp.to_identifier(names[low], quoted=True)
+                ident.meta.update(col.this.meta)  # keep the position, for errors about this column later
+                col.set("this", ident)
                 col.set("table", None)
 
         where = sel.args.get("where")
@@ -255,14 +281,16 @@ class _Planner:
             distinct = agg.this if isinstance(agg, exp.Count) and isinstance(agg.this, exp.Distinct) else None
             if isinstance(agg, exp.ApproxDistinct) or distinct is not None:
                 # A set of values per window and key; APPROX_DISTINCT is answered exactly.
-                arg = distinct.expressions[0] if distinct is not None else agg.this
                 if distinct is not None and len(distinct.expressions) != 1:
                     raise at(agg, "COUNT(DISTINCT ...) takes one expression")
+                arg = distinct.expressions[0] if distinct is not None else agg.this
                 col = exp.column(add(input_col(arg), "distinct", "distinct"))
                 return exp.Cast(this=exp.Anonymous(this="cardinality", expressions=[col]),
                                 to=exp.DataType.build("BIGINT"))
             if agg.find(exp.Distinct):
                 raise at(agg, f"{agg.sql_name()}(DISTINCT ...) is not supported", AGG_HINT)
+            if agg.this is None and not isinstance(agg, exp.Count):
+                raise at(agg, f"{agg.sql_name()} needs an argument", AGG_HINT)
             if type(agg) in VARIANCE:
                 kind, root = VARIANCE[type(agg)]
                 x = exp.Cast(this=agg.this.copy(), to=exp.DataType.build("DOUBLE"))
@@ -314,6 +342,7 @@ class _Planner:
                     fkind, bound = BOUND_FUNCS[n.name.upper()]
                     if fkind != kind:
                         raise at(n, f"{n.name} does not match the view's {kind.upper()} window")
+                    self._check_bound(n, fkind, stream)
                     return exp.column("__ws" if bound == "start" else "__we")
                 if isinstance(n, exp.Column) and n.name.lower() in window_cols:
                     return exp.column("__ws" if n.name.lower() == "window_start" else "__we")
@@ -338,7 +367,7 @@ class _Planner:
                 raise at(item, "SELECT * is not allowed in a materialized view", "list the columns")
             inner = item.this if isinstance(item, exp.Alias) else item
             if isinstance(item, exp.Alias):
-                name = item.alias
+                name = object_name(item, "output column")
             elif isinstance(inner, exp.Column):
                 name = inner.name
             elif isinstance(inner, exp.Anonymous) and inner.name.upper() in BOUND_FUNCS:
@@ -406,6 +435,9 @@ class _Planner:
             raise at(sel, f"{opt} is not supported for {what}",
                      "running aggregates already write changed keys at every checkpoint; windows drop their "
                      "state when they close" if kind != "session" else "sessions are emitted once, when closed")
+        problem = sink_servers_problem(plan.options, stream.options)
+        if problem:
+            raise at(sel, problem, "e.g. WITH (sink_topic = 'hourly', sink_bootstrap_servers = 'localhost:9092')")
         if "allowed_lateness" in plan.options:
             plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)

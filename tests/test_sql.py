@@ -123,7 +123,7 @@ def test_syntax_error_has_line_and_column():
     with pytest.raises(SqlError) as info:
         parse_script("CREATE STREAM s (a BIGINT,\n  ts TIMESTAMP WITH (connector='generator')")
     assert (info.value.line, info.value.col) == (2, 43)
-    assert "Expecting )" in info.value.render()
+    assert "expected a closing )" in info.value.render()
 
 
 def test_stream_errors():
