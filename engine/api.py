@@ -23,11 +23,11 @@ from pondstream.sql import CreateStream, CreateView, Describe, Drop, Query, Show
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.sql.planner import plan_view
 from pondstream.state.errors import EngineError
-from pondstream.state.files import read_json
+from pondstream.state.files import damaged, read_json
 from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, series_dir
 from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
-from pondstream.state.table import READ_ONLY, quote, register_series, visible_columns
+from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
 __all__ = ["Engine", "EngineError", "default_state_dir"]
 STATUS_REPAIR = "the next checkpoint of `pondstream run` on this state dir rewrites it"
@@ -288,20 +288,21 @@ class Engine:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
         except sqlglot.errors.ParseError:
             tree = None
-        if isinstance(tree, exp.Command):  # EXPLAIN and friends: pass through with every table registered
+        if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None
-        registered: set[tuple[str, int | None]] = set()
+        registered: dict[str, str] = {}  # alias -> series
 
-        def register(name: str, as_of: int | None) -> str:
-            alias = name if as_of is None else f"{name}:as_of:{as_of}"  # ':' is never in a series name
-            if (name, as_of) not in registered:
+        def register(name: str, as_of: int | None, alias: str | None = None) -> str:
+            if alias is None:
+                alias = name if as_of is None else f"{name}:as_of:{as_of}"  # ':' is never in a series name
+            if alias not in registered:
                 register_series(ctx, alias, series_dir(self._series_root(), name), as_of)
-                registered.add((name, as_of))
+                registered[alias] = name
             return alias
 
         if tree is None:
             for n in names:
-                register(n, as_of_version)
+                register(n, as_of_version, alias=n)
             text = sql
         else:
             rewrite = as_of_version is not None
@@ -328,10 +329,12 @@ class Engine:
                     table.set("this", exp.to_identifier(alias, quoted=True))
                     rewrite = True
             text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
-        return self._run(ctx, text, names)
+        return self._run(ctx, text, names, used=set(registered.values()))
 
-    def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None) -> pa.Table:
-        """Plan read-only and execute; DataFusion's refusals and failures become EngineErrors."""
+    def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None,
+             used: set[str] = frozenset()) -> pa.Table:  # type: ignore[assignment]
+        """Plan read-only and execute; DataFusion's refusals and failures become EngineErrors (naming the
+        damaged Parquet file of a series in `used`, if that is why it failed)."""
         try:
             return ctx.sql_with_options(sql, READ_ONLY, param_values=params).to_arrow_table()
         except EngineError:
@@ -345,8 +348,11 @@ class Engine:
             hint = ""
             if "not found" in msg:
                 hint = f"\n  hint: queryable tables: {', '.join(names) or 'none yet (run a view first)'}"
-            elif ".parquet" in msg:
-                hint = "\n  hint: a Parquet file of a view is damaged or missing; restore it from a backup"
+            for name in sorted(used):
+                bad = damaged_file(series_dir(self._series_root(), name))
+                if bad is not None:
+                    raise damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its "
+                                  f"stream: pondstream run FILE.sql --reset {name.removesuffix('__late')}") from None
             raise EngineError(f"query failed: {msg}{hint}") from None
 
     def cat(self, view: str, time_start: str | None = None, time_end: str | None = None) -> pa.Table:
@@ -373,7 +379,7 @@ class Engine:
         ctx = SessionContext()
         register_series(ctx, real, d)
         sql = f"SELECT * FROM {quote(real)}{where}" + (f" ORDER BY {', '.join(order)}" if order else "")
-        return self._run(ctx, sql, names, params or None)
+        return self._run(ctx, sql, names, params or None, used={real})
 
     def status(self) -> dict:
         """Progress of the last or current run (status.json) and per-view series figures."""

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from datafusion import SessionContext, SQLOptions
 
 from pondstream.state.series import read_log, series_meta
@@ -75,3 +76,19 @@ def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int
     else:
         sql = f"SELECT {cols} FROM {raw}"
     ctx.register_view(quote(name), ctx.sql_with_options(sql, READ_ONLY))
+
+
+def damaged_file(series_dir: Path) -> tuple[Path, str] | None:
+    """The first Parquet file of the series that its log entry does not vouch for (size, or a full read
+    with page checksums verified), and why. Run only after a query failed: it reads every file."""
+    for e in read_log(series_dir):
+        path = series_dir / e["file"]
+        try:
+            if path.stat().st_size != e["bytes"]:
+                return path, f"{path.stat().st_size} bytes where the log records {e['bytes']}"
+            pq.ParquetFile(path, page_checksum_verification=True).read()
+        except FileNotFoundError:
+            return path, "missing"
+        except (OSError, pa.ArrowException) as err:
+            return path, f"unreadable: {str(err).splitlines()[0]}"
+    return None
