@@ -24,7 +24,7 @@ from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.sql.planner import plan_view
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged, read_json
-from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, series_dir
+from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, key_prefix, series_dir
 from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
@@ -157,7 +157,7 @@ class Engine:
     def _discard_view_state(self, name: str) -> None:
         store, series = self._open()
         txn = Txn()
-        p = b"s/" + check_name(name, "view name").encode() + b"\x00"
+        p = key_prefix(b"s", name)
         txn.delete_range(p, prefix_end(p))
         txn.delete_range(b"m/view/" + name.encode(), b"m/view/" + name.encode() + b"\x00")
         for s in (name, late_series(name)):

@@ -37,6 +37,12 @@ def check_name(name: object, what: str = "name", limit: int = MAX_NAME) -> str:
     return name  # type: ignore[return-value]
 
 
+def key_prefix(space: bytes, name: str) -> bytes:
+    """The RocksDB key prefix of `name` in key space `space` (b"s", b"v"): the name is checked, so
+    it holds no NUL and the prefix of one name is never the start of another's."""
+    return space + b"/" + check_name(name, "name", MAX_SERIES_NAME).encode() + b"\x00"
+
+
 def series_dir(root: str | Path, name: str) -> Path:
     """The folder of series `name` under `root`, refused unless it is a direct child of `root`."""
     check_name(name, "series name", MAX_SERIES_NAME)

@@ -31,7 +31,14 @@ from pondstream.state.files import (
     write_failed,
     write_sealed_json,
 )
-from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, safe_remove, series_dir
+from pondstream.state.paths import (
+    MAX_SERIES_NAME,
+    check_name,
+    is_valid_name,
+    key_prefix,
+    safe_remove,
+    series_dir,
+)
 from pondstream.state.store import StateStore, Txn, prefix_end, u64
 
 LOG = "_log.jsonl"
@@ -66,7 +73,7 @@ class SeriesStore:
         return series_dir(self.root, name)
 
     def _prefix(self, name: str) -> bytes:
-        return b"v/" + check_name(name, "series name", MAX_SERIES_NAME).encode() + b"\x00"
+        return key_prefix(b"v", name)
 
     def version(self, name: str) -> int:
         return int(self.store.get_meta(f"series/{check_name(name, 'series name', MAX_SERIES_NAME)}", 0))
