@@ -24,7 +24,7 @@ from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.sql.planner import plan_view
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged, read_json
-from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, key_prefix, series_dir
+from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, key_prefix, series_dir, shown
 from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
@@ -170,8 +170,8 @@ class Engine:
         want = "stream" if stmt.kind == "STREAM" else "view"
         if not found or found[0] != want:
             if stmt.if_exists:
-                return f"{stmt.name} does not exist"
-            raise EngineError(f"no {'stream' if want == 'stream' else 'materialized view'} named {stmt.name}"
+                return f"{shown(stmt.name)} does not exist"
+            raise EngineError(f"no {'stream' if want == 'stream' else 'materialized view'} named {shown(stmt.name)}"
                               " (SHOW STREAMS / SHOW MATERIALIZED VIEWS lists them)")
         name = found[1]
         if want == "stream":
@@ -267,12 +267,13 @@ class Engine:
         d = series_dir(self._series_root(), name)
         return read_log(d) if d.exists() else []
 
-    def _resolve(self, ident: exp.Identifier, names: list[str]) -> str | None:
-        """The series an identifier names: quoted exactly, unquoted folded to lower case, else the one
+    @staticmethod
+    def _resolve(name: str, quoted: bool, names: list[str]) -> str | None:
+        """The series a name refers to: quoted exactly, unquoted folded to lower case, else the one
         name equal to it ignoring case (views created before unquoted names were folded)."""
-        if ident.quoted:
-            return ident.name if ident.name in names else None
-        low = ident.name.lower()
+        if quoted or name in names:
+            return name if name in names else None
+        low = name.lower()
         if low in names:
             return low
         matches = [n for n in names if n.lower() == low]
@@ -309,7 +310,7 @@ class Engine:
             for table in tree.find_all(exp.Table):
                 if not isinstance(table.this, exp.Identifier) or table.args.get("db"):
                     continue
-                real = self._resolve(table.this, names)
+                real = self._resolve(table.name, table.this.quoted, names)
                 if real is None:
                     continue
                 version = table.args.get("version")
@@ -332,7 +333,7 @@ class Engine:
         return self._run(ctx, text, names, used=set(registered.values()))
 
     def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None,
-             used: set[str] = frozenset()) -> pa.Table:  # type: ignore[assignment]
+             used: Iterable[str] = ()) -> pa.Table:
         """Plan read-only and execute; DataFusion's refusals and failures become EngineErrors (naming the
         damaged Parquet file of a series in `used`, if that is why it failed)."""
         try:
@@ -358,9 +359,9 @@ class Engine:
     def cat(self, view: str, time_start: str | None = None, time_end: str | None = None) -> pa.Table:
         """A view's rows, optionally limited to windows starting in [time_start, time_end)."""
         names = self.series_names()
-        real = view if view in names else self._resolve(exp.to_identifier(view), names)
+        real = self._resolve(view, False, names)
         if real is None:
-            raise EngineError(f"no view named {view[:80]!r}; known: {', '.join(names) or 'none'}")
+            raise EngineError(f"no view named {shown(view)}; known: {', '.join(names) or 'none'}")
         d = series_dir(self._series_root(), real)
         meta, schema = series_meta(d)
         tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)

@@ -21,7 +21,8 @@ NAME_HINT = ("names are letters, digits and underscores, not starting with a dig
              f"{MAX_NAME} characters (e.g. hourly_sales)")
 
 
-def _shown(name: object) -> str:
+def shown(name: object) -> str:
+    """A name as it can be printed: quoted, escapes visible, long ones cut."""
     text = repr(name)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -33,7 +34,7 @@ def is_valid_name(name: object, limit: int = MAX_NAME) -> bool:
 def check_name(name: object, what: str = "name", limit: int = MAX_NAME) -> str:
     """`name` if it is safe as a directory name and key prefix; else an EngineError with the rule."""
     if not is_valid_name(name, limit):
-        raise EngineError(f"{what} {_shown(name)} cannot be used: {NAME_HINT}")
+        raise EngineError(f"{what} {shown(name)} cannot be used: {NAME_HINT}")
     return name  # type: ignore[return-value]
 
 
