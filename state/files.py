@@ -1,8 +1,9 @@
 """The small files of a state dir: written atomically (a failed write names the file and leaves the
 previous version in place), sealed with a checksum, and read back verified.
 
-A sealed JSON object carries `"crc"`: the CRC-32 of its canonical JSON (sorted keys, no spaces)
-without that key, so a flipped byte, a cut or a hand edit is noticed instead of read as data.
+Sealed JSON is ordinary JSON whose last key is `"crc"`: the CRC-32 of the exact bytes of the object
+written without it. Checking it needs no re-serialisation (a log line costs one crc32), and a flipped
+byte, a cut or a hand edit is noticed instead of read as data.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 from pondstream.state.errors import EngineError
 
 RERUN = "the next `pondstream run` on this state dir rewrites it from RocksDB"
+_MARK = b', "crc": "'
+_TAIL = len(_MARK) + 8 + 2  # , "crc": "<8 hex>"}
 
 
 class DamagedFileError(EngineError):
@@ -35,38 +38,30 @@ def crc(data: bytes) -> str:
     return f"{zlib.crc32(data):08x}"
 
 
-def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+def seal(obj: dict[str, Any], indent: int | None = None) -> bytes:
+    """`obj` as JSON with its checksum as the last key."""
+    body = json.dumps(obj, indent=indent).encode()  # ends with b"}"
+    return body[:-1] + _MARK + crc(body).encode() + b'"}'
 
 
-def seal(obj: dict[str, Any]) -> dict[str, Any]:
-    """`obj` plus its checksum."""
-    return {**obj, "crc": crc(_canonical(obj))}
-
-
-def is_sealed(obj: Any) -> bool:
-    """True when `obj` is a JSON object whose checksum matches its content."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("crc"), str):
-        return False
-    body = {k: v for k, v in obj.items() if k != "crc"}
-    return obj["crc"] == crc(_canonical(body))
-
-
-def unseal(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != "crc"}
+def unseal(data: bytes) -> dict[str, Any] | None:
+    """The object of sealed JSON `data`, or None unless its checksum matches."""
+    data = data.rstrip(b"\n")
+    tail = data[-_TAIL:]
+    if len(data) <= _TAIL or not tail.startswith(_MARK) or not tail.endswith(b'"}'):
+        return None
+    if crc(data[:-_TAIL] + b"}") != tail[len(_MARK):-2].decode("ascii", "replace"):
+        return None
+    try:
+        obj = json.loads(data)
+        del obj["crc"]
+    except (ValueError, KeyError, TypeError):  # a checksum that matches by chance
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def sealed_line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(seal(obj)).encode() + b"\n"
-
-
-def parse_sealed_line(line: bytes) -> dict[str, Any] | None:
-    """The object of a sealed JSON line, or None if the line is garbled."""
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return unseal(obj) if is_sealed(obj) else None
+    return seal(obj) + b"\n"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -83,7 +78,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_sealed_json(path: Path, obj: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(seal(obj), indent=1).encode())
+    write_atomic(path, seal(obj, indent=1) + b"\n")
 
 
 def append_line(path: Path, line: bytes) -> None:
@@ -109,14 +104,13 @@ def read_json(path: Path, repair: str = RERUN, required: bool = True, sealed: bo
         return None
     except OSError as e:
         raise EngineError(f"cannot read {path}: {e.strerror or e}") from None
+    obj = unseal(data)
+    if obj is not None:
+        return obj
     try:
-        obj = json.loads(data)
+        plain = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise damaged(path, "not valid JSON: cut short or garbled", repair) from None
-    if not isinstance(obj, dict):
-        raise damaged(path, "not a JSON object", repair)
-    if "crc" not in obj and not sealed:
-        return obj
-    if not is_sealed(obj):
+    if sealed or not isinstance(plain, dict) or "crc" in plain:
         raise damaged(path, "its checksum does not match its content", repair)
-    return unseal(obj)
+    return plain

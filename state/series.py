@@ -24,9 +24,9 @@ from pondstream.state.files import (
     append_line,
     crc,
     damaged,
-    parse_sealed_line,
     read_json,
     sealed_line,
+    unseal,
     write_atomic,
     write_failed,
     write_sealed_json,
@@ -195,7 +195,7 @@ def read_log(d: Path) -> list[dict[str, Any]]:
         lines.pop()
     out: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
-        e = parse_sealed_line(line)
+        e = unseal(line)
         if e is None or e.get("version") != len(out) + 1 or e.get("file") != version_file(len(out) + 1):
             if i == len(lines) - 1 and len(out) >= n:
                 break
