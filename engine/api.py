@@ -349,6 +349,8 @@ class Engine:
             hint = ""
             if "not found" in msg:
                 hint = f"\n  hint: queryable tables: {', '.join(names) or 'none yet (run a view first)'}"
+            elif "single SQL statement" in msg:
+                hint = "\n  hint: query runs one statement at a time"
             for name in sorted(used):
                 bad = damaged_file(series_dir(self._series_root(), name))
                 if bad is not None:
