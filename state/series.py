@@ -197,9 +197,12 @@ def read_log(d: Path) -> list[dict[str, Any]]:
     for i, line in enumerate(lines):
         e = unseal(line)
         if e is None or e.get("version") != len(out) + 1 or e.get("file") != version_file(len(out) + 1):
-            if i == len(lines) - 1 and len(out) >= n:
+            if i < len(lines) - 1:
+                raise damaged(d / LOG, f"line {i + 1} is garbled or out of order")
+            if len(out) >= n:
                 break
-            raise damaged(d / LOG, f"line {i + 1} is garbled or out of order")
+            raise damaged(d / LOG, f"cut short or garbled at its end: {len(out)} whole entries of the {n} "
+                          f"versions {HEAD} records")
         out.append(e)
     if len(out) < n:
         raise damaged(d / LOG, f"cut short: it holds {len(out)} of the {n} versions {HEAD} records")
