@@ -94,7 +94,7 @@ class Engine:
         return out
 
     def _create_stream(self, stmt: CreateStream, reset: set[str], base_dir: str) -> str:
-        check_name(stmt.name, "stream name")
+        _check_new_name(stmt.name, "stream name")
         cat = self.catalog
         found = cat.find(stmt.name)
         if found and found[0] == "view":
@@ -122,7 +122,7 @@ class Engine:
         return f"created stream {stmt.name}"
 
     def _create_view(self, stmt: CreateView, reset: set[str]) -> str:
-        check_name(stmt.name, "view name")
+        _check_new_name(stmt.name, "view name")
         cat = self.catalog
         found = cat.find(stmt.name)
         if found and found[0] == "stream":
@@ -396,6 +396,16 @@ class Engine:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")
                 s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
+
+
+def _check_new_name(name: str, what: str) -> None:
+    """A name usable on disk that cannot collide with a series the engine derives from another name."""
+    check_name(name, what)
+    for suffix in (late_series(""), errors_series("")):
+        if name.lower().endswith(suffix):
+            raise EngineError(f"{what} {name} ends in {suffix}, which is reserved: a view's late events and a "
+                              f"stream's bad records are kept as <name>{late_series('')} and "
+                              f"<name>{errors_series('')}; pick another name")
 
 
 def _timestamp(text: str, option: str) -> pa.Scalar:

@@ -122,6 +122,15 @@ def test_hostile_names_are_refused_or_work_and_never_escape(guarded, tmp_path):
     assert set(e.catalog.views) == {"base"} and set(e.catalog.streams) == {"orders"}
 
 
+def test_names_of_derived_series_are_reserved(guarded):
+    e, state, base = guarded
+    for name in ("base__late", "orders__errors", "x__LATE", "y__errors"):
+        for sql in (HOURLY.format(name=q(name)), ORDERS.format(rows=10, extra="").replace("orders", q(name), 1)):
+            with pytest.raises(EngineError, match="reserved"):
+                e.execute(sql)
+    assert canon(e.query("SELECT * FROM base")) == base
+
+
 def test_hostile_names_through_the_cli(guarded, tmp_path, capsys):
     e, state, base = guarded
     e.close()
