@@ -51,7 +51,11 @@ class Engine:
     def _open(self) -> tuple[StateStore, SeriesStore]:
         """Open RocksDB, which is the state dir's lock (StateLockedError if another process holds it)."""
         if self._store is None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EngineError(f"cannot create the state dir {self.state_dir}: {e.strerror or e}; "
+                                  "pick another --state-dir") from None
             self._store = StateStore(str(self.state_dir / "rocksdb"))
             self._series = SeriesStore(self.state_dir / "series", self._store)
             self._series.recover()
