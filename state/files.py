@@ -111,6 +111,8 @@ def read_json(path: Path, repair: str = RERUN, required: bool = True, sealed: bo
         plain = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise damaged(path, "not valid JSON: cut short or garbled", repair) from None
-    if sealed or not isinstance(plain, dict) or "crc" in plain:
-        raise damaged(path, "its checksum does not match its content", repair)
-    return plain
+    if isinstance(plain, dict) and "crc" not in plain:
+        if not sealed:
+            return plain
+        raise damaged(path, "it has no checksum: garbled, or written by an older pondstream", repair)
+    raise damaged(path, "its checksum does not match its content", repair)

@@ -173,6 +173,8 @@ def _append_entry(d: Path, entry: dict[str, Any]) -> None:
 
 def read_head(d: Path) -> int:
     """How many versions the log must hold."""
+    if not (d / HEAD).exists():
+        raise damaged(d / HEAD, "missing; a series written by an older pondstream has none yet")
     head = read_json(d / HEAD)
     n = head.get("versions") if head else None
     if not isinstance(n, int) or n < 0:
