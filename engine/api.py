@@ -1,12 +1,12 @@
 """The Python API: `Engine(state_dir).execute(sql)`, `.run()`, `.query(sql) -> pyarrow.Table`.
 
 Queries read only the series folders and `catalog.json`, never RocksDB, so they work while a pipeline
-runs in another process; DDL and `run` take the RocksDB lock.
+runs in another process; they are read-only (DataFusion refuses COPY, DDL, DML and SET). DDL and `run`
+take the RocksDB lock before they change anything, catalog.json included.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -22,13 +22,15 @@ from pondstream.engine.runner import Progress, Runner, errors_series, late_serie
 from pondstream.sql import CreateStream, CreateView, Describe, Drop, Query, Show, SqlError, parse_script
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.sql.planner import plan_view
-from pondstream.state.series import SeriesStore
+from pondstream.state.errors import EngineError
+from pondstream.state.files import damaged, read_json
+from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, key_prefix, series_dir, shown
+from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
-from pondstream.state.table import read_log, register_series, series_meta, visible_columns
+from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
-
-class EngineError(Exception):
-    """A user-facing error that is not about SQL syntax: say what and how to fix it."""
+__all__ = ["Engine", "EngineError", "default_state_dir"]
+STATUS_REPAIR = "the next checkpoint of `pondstream run` on this state dir rewrites it"
 
 
 def default_state_dir() -> str:
@@ -47,8 +49,13 @@ class Engine:
         return Catalog.load(self.state_dir)
 
     def _open(self) -> tuple[StateStore, SeriesStore]:
+        """Open RocksDB, which is the state dir's lock (StateLockedError if another process holds it)."""
         if self._store is None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EngineError(f"cannot create the state dir {self.state_dir}: {e.strerror or e}; "
+                                  "pick another --state-dir") from None
             self._store = StateStore(str(self.state_dir / "rocksdb"))
             self._series = SeriesStore(self.state_dir / "series", self._store)
             self._series.recover()
@@ -74,6 +81,8 @@ class Engine:
         reset_names = {r.lower() for r in reset}
         out: list[pa.Table | str] = []
         for stmt in parse_script(sql):
+            if isinstance(stmt, (CreateStream, CreateView, Drop)):
+                self._open()  # the lock first: catalog.json changes only under it
             if isinstance(stmt, CreateStream):
                 out.append(self._create_stream(stmt, reset_names, base_dir or os.getcwd()))
             elif isinstance(stmt, CreateView):
@@ -89,6 +98,7 @@ class Engine:
         return out
 
     def _create_stream(self, stmt: CreateStream, reset: set[str], base_dir: str) -> str:
+        _check_new_name(stmt.name, "stream name")
         cat = self.catalog
         found = cat.find(stmt.name)
         if found and found[0] == "view":
@@ -116,6 +126,7 @@ class Engine:
         return f"created stream {stmt.name}"
 
     def _create_view(self, stmt: CreateView, reset: set[str]) -> str:
+        _check_new_name(stmt.name, "view name")
         cat = self.catalog
         found = cat.find(stmt.name)
         if found and found[0] == "stream":
@@ -150,7 +161,7 @@ class Engine:
     def _discard_view_state(self, name: str) -> None:
         store, series = self._open()
         txn = Txn()
-        p = b"s/" + name.encode() + b"\x00"
+        p = key_prefix(b"s", name)
         txn.delete_range(p, prefix_end(p))
         txn.delete_range(b"m/view/" + name.encode(), b"m/view/" + name.encode() + b"\x00")
         for s in (name, late_series(name)):
@@ -163,8 +174,8 @@ class Engine:
         want = "stream" if stmt.kind == "STREAM" else "view"
         if not found or found[0] != want:
             if stmt.if_exists:
-                return f"{stmt.name} does not exist"
-            raise EngineError(f"no {'stream' if want == 'stream' else 'materialized view'} named {stmt.name}"
+                return f"{shown(stmt.name)} does not exist"
+            raise EngineError(f"no {'stream' if want == 'stream' else 'materialized view'} named {shown(stmt.name)}"
                               " (SHOW STREAMS / SHOW MATERIALIZED VIEWS lists them)")
         name = found[1]
         if want == "stream":
@@ -196,7 +207,7 @@ class Engine:
         else:
             rows = []
             for n, e in sorted(cat.views.items()):
-                log = read_log(self.state_dir / "series" / n)
+                log = self._log(n)
                 w = e.plan.window
                 rows.append({"name": n, "stream": e.plan.stream,
                              "window": f"{w.kind.upper()} {_dur(w.size_us)}" +
@@ -237,42 +248,73 @@ class Engine:
             runner = Runner(self.state_dir, store, series, cat, checkpoint_interval, on_progress)
         except (ValueError, OSError) as e:
             raise EngineError(str(e)) from None
-        return runner.run(stop)
+        try:
+            return runner.run(stop)
+        except OSError as e:  # a write the state layer does not wrap (status.json): disk full, read-only
+            raise EngineError(f"cannot write to {e.filename or self.state_dir}: {e.strerror or e}.\n  The last "
+                              "checkpoint is intact; free disk space or fix permissions, then run again") from None
 
     # -- queries -------------------------------------------------------------------------------
+    def _series_root(self) -> Path:
+        return self.state_dir / "series"
+
     def series_names(self) -> list[str]:
-        root = self.state_dir / "series"
-        return sorted(p.name for p in root.iterdir() if (p / "_series.json").exists()) if root.exists() else []
+        """Every series folder (a usable name holding any series file); others are not ours."""
+        root = self._series_root()
+        if not root.exists():
+            return []
+        return sorted(p.name for p in root.iterdir()
+                      if is_valid_name(p.name, MAX_SERIES_NAME) and any((p / f).exists() for f in (META, HEAD, LOG)))
+
+    def _log(self, name: str) -> list[dict]:
+        """The verified log of series `name`; none yet if the view has not run."""
+        d = series_dir(self._series_root(), name)
+        return read_log(d) if d.exists() else []
+
+    @staticmethod
+    def _resolve(name: str, quoted: bool, names: list[str]) -> str | None:
+        """The series a name refers to: quoted exactly, unquoted folded to lower case, else the one
+        name equal to it ignoring case (views created before unquoted names were folded)."""
+        if quoted or name in names:
+            return name if name in names else None
+        low = name.lower()
+        if low in names:
+            return low
+        matches = [n for n in names if n.lower() == low]
+        return matches[0] if len(matches) == 1 else None
 
     def query(self, sql: str, as_of_version: int | None = None) -> pa.Table:
-        """Run a query over the views (latest versions, or as of `as_of_version`) with DataFusion.
+        """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
         `FROM view VERSION AS OF n` reads one view as it was at version n."""
         ctx = SessionContext()
-        names = {n.lower(): n for n in self.series_names()}
+        names = self.series_names()
         try:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
         except sqlglot.errors.ParseError:
             tree = None
-        if isinstance(tree, exp.Command):  # EXPLAIN and friends: pass through with every table registered
+        if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None
-        registered: set[tuple[str, int | None]] = set()
+        registered: dict[str, str] = {}  # alias -> series
 
-        def register(name: str, as_of: int | None) -> str:
-            alias = name if as_of is None else f"{name}__as_of_{as_of}"
-            if (name, as_of) not in registered:
-                register_series(ctx, alias, self.state_dir / "series" / name, as_of)
-                registered.add((name, as_of))
+        def register(name: str, as_of: int | None, alias: str | None = None) -> str:
+            if alias is None:
+                alias = name if as_of is None else f"{name}:as_of:{as_of}"  # ':' is never in a series name
+            if alias not in registered:
+                register_series(ctx, alias, series_dir(self._series_root(), name), as_of)
+                registered[alias] = name
             return alias
 
         if tree is None:
-            for n in names.values():
-                register(n, as_of_version)
+            for n in names:
+                register(n, as_of_version, alias=n)
             text = sql
         else:
             rewrite = as_of_version is not None
             for table in tree.find_all(exp.Table):
-                real = names.get(table.name.lower())
+                if not isinstance(table.this, exp.Identifier) or table.args.get("db"):
+                    continue
+                real = self._resolve(table.name, table.this.quoted, names)
                 if real is None:
                     continue
                 version = table.args.get("version")
@@ -286,51 +328,96 @@ class Engine:
                     table.set("version", None)
                     rewrite = True
                 alias = register(real, as_of)
-                if alias != table.name:
-                    if not table.alias:
-                        table.set("alias", exp.TableAlias(this=exp.to_identifier(real)))
-                    table.set("this", exp.to_identifier(alias))
+                if alias != table.name or not table.this.quoted and real != real.lower():
+                    if not table.alias:  # keep `view.column` qualifiers resolving as the user wrote them
+                        table.set("alias", exp.TableAlias(this=table.this.copy()))
+                    table.set("this", exp.to_identifier(alias, quoted=True))
+                    rewrite = True
             text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
+        return self._run(ctx, text, names, used=set(registered.values()))
+
+    def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None,
+             used: Iterable[str] = ()) -> pa.Table:
+        """Plan read-only and execute; DataFusion's refusals and failures become EngineErrors (naming the
+        damaged Parquet file of a series in `used`, if that is why it failed)."""
         try:
-            return ctx.sql(text).to_arrow_table()
+            return ctx.sql_with_options(sql, READ_ONLY, param_values=params).to_arrow_table()
+        except EngineError:
+            raise
         except Exception as e:
             msg = str(e).split("\n")[0]
+            if any(w in msg for w in ("DML not supported", "DDL not supported", "Statement not supported")):
+                raise EngineError(f"queries are read-only: {msg.split(': ', 1)[-1]} is not allowed.\n"
+                                  "  hint: query runs SELECT (and EXPLAIN, DESCRIBE, SHOW); views change only "
+                                  "through `pondstream run`") from None
             hint = ""
             if "not found" in msg:
-                hint = f"\n  hint: queryable tables: {', '.join(sorted(names.values())) or 'none yet (run a view first)'}"
+                hint = f"\n  hint: queryable tables: {', '.join(names) or 'none yet (run a view first)'}"
+            elif "single SQL statement" in msg:
+                hint = "\n  hint: query runs one statement at a time"
+            for name in sorted(used):
+                bad = damaged_file(series_dir(self._series_root(), name))
+                if bad is not None:
+                    raise damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its "
+                                  f"stream: pondstream run FILE.sql --reset {name.removesuffix('__late')}") from None
             raise EngineError(f"query failed: {msg}{hint}") from None
 
     def cat(self, view: str, time_start: str | None = None, time_end: str | None = None) -> pa.Table:
         """A view's rows, optionally limited to windows starting in [time_start, time_end)."""
-        names = {n.lower(): n for n in self.series_names()}
-        real = names.get(view.lower())
+        names = self.series_names()
+        real = self._resolve(view, False, names)
         if real is None:
-            raise EngineError(f"no view named {view}; known: {', '.join(sorted(names.values())) or 'none'}")
-        meta, schema = series_meta(self.state_dir / "series" / real)
+            raise EngineError(f"no view named {shown(view)}; known: {', '.join(names) or 'none'}")
+        d = series_dir(self._series_root(), real)
+        meta, schema = series_meta(d)
         tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
-        conds = []
-        if tcol and time_start:
-            conds.append(f"\"{tcol}\" >= TIMESTAMP '{time_start}'")
-        if tcol and time_end:
-            conds.append(f"\"{tcol}\" < TIMESTAMP '{time_end}'")
+        params, conds = {}, []
+        for option, text, op in (("--time-start", time_start, ">="), ("--time-end", time_end, "<")):
+            if text is None:
+                continue
+            if tcol is None:
+                raise EngineError(f"{real} has no window-start column, so {option} cannot select its rows; "
+                                  "cat it without a time range")
+            key = option.strip("-").replace("-", "_")
+            params[key] = _timestamp(text, option)
+            conds.append(f"{quote(tcol)} {op} ${key}")
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
-        order = [f'"{c}"' for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)]
-        sql = f'SELECT * FROM "{real}"{where}' + (f" ORDER BY {', '.join(order)}" if order else "")
-        return self.query(sql)
+        order = [quote(c) for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)]
+        ctx = SessionContext()
+        register_series(ctx, real, d)
+        sql = f"SELECT * FROM {quote(real)}{where}" + (f" ORDER BY {', '.join(order)}" if order else "")
+        return self._run(ctx, sql, names, params or None, used={real})
 
     def status(self) -> dict:
         """Progress of the last or current run (status.json) and per-view series figures."""
-        p = self.state_dir / "status.json"
-        status = json.loads(p.read_text()) if p.exists() else {}
+        status = read_json(self.state_dir / "status.json", STATUS_REPAIR, required=False, sealed=False) or {}
         status["state_dir"] = str(self.state_dir)
         status["series"] = {n: {"versions": len(log), "rows": sum(e["rows"] for e in log),
                                 "last_written_at": log[-1]["written_at"] if log else None}
-                            for n in self.series_names() for log in [read_log(self.state_dir / "series" / n)]}
+                            for n in self.series_names() for log in [self._log(n)]}
         for name, s in status["series"].items():
             if name.endswith("__errors") and s["rows"]:
-                by = self.query(f'SELECT reason, COUNT(*) AS n FROM "{name}" GROUP BY reason ORDER BY n DESC')
+                by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")
                 s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
+
+
+def _check_new_name(name: str, what: str) -> None:
+    """A name usable on disk that cannot collide with a series the engine derives from another name."""
+    check_name(name, what)
+    for suffix in (late_series(""), errors_series("")):
+        if name.lower().endswith(suffix):
+            raise EngineError(f"{what} {name} ends in {suffix}, which is reserved: a view's late events and a "
+                              f"stream's bad records are kept as <name>{late_series('')} and "
+                              f"<name>{errors_series('')}; pick another name")
+
+
+def _timestamp(text: str, option: str) -> pa.Scalar:
+    """`text` read as a timestamp (pyarrow's ISO-8601 parser), for binding as a query parameter."""
+    try:
+        return pa.scalar(text).cast(pa.timestamp("us"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise EngineError(f"{option} {text[:80]!r} is not a timestamp; write e.g. '2026-01-01 10:00:00'") from None
 
 
 def _dur(us: int) -> str:

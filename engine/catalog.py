@@ -6,17 +6,21 @@ definition is detected by comparing normalized SQL.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from pondstream.sql import CreateStream, CreateView, parse_script
+from pondstream.sql import CreateStream, CreateView, SqlError, parse_script
 from pondstream.sql.planner import ViewPlan, plan_view
+from pondstream.state.files import damaged, read_json, write_sealed_json
+from pondstream.state.paths import is_valid_name
+from pondstream.state.series import META
 
 FILE = "catalog.json"
+REPAIR = ("restore it from a backup or fix it by hand (it holds the SQL of every stream and view), or move "
+          "the state dir aside and run the pipeline again from scratch")
 
 
 @dataclass
@@ -49,16 +53,23 @@ class Catalog:
 
     @classmethod
     def load(cls, state_dir: Path) -> Catalog:
+        """The catalog in `state_dir`; an EngineError naming catalog.json if it is damaged or missing
+        while views have written output (which would otherwise look like an empty state dir)."""
         cat = cls(state_dir / FILE)
-        if not cat.path.exists():
+        data = read_json(cat.path, REPAIR, required=False, sealed=False)
+        if data is None:
+            if any((d / META).exists() for d in (state_dir / "series").glob("*")):
+                raise damaged(cat.path, "missing, but series/ holds the output of views", REPAIR)
             return cat
-        data = json.loads(cat.path.read_text())
-        for name, s in data.get("streams", {}).items():
-            (stmt,) = parse_script(s["sql"])
-            cat.streams[name] = StreamEntry(stmt, s.get("base_dir", os.getcwd()))
-        for name, v in data.get("views", {}).items():
-            (stmt,) = parse_script(v["sql"])
-            cat.views[name] = ViewEntry(stmt, plan_view(stmt, cat.stream_stmts()))
+        try:
+            for name, s in _section(data, "streams").items():
+                (stmt,) = parse_script(s["sql"])
+                cat.streams[_checked(name, stmt.name, cat.path)] = StreamEntry(stmt, s.get("base_dir", os.getcwd()))
+            for name, v in _section(data, "views").items():
+                (stmt,) = parse_script(v["sql"])
+                cat.views[_checked(name, stmt.name, cat.path)] = ViewEntry(stmt, plan_view(stmt, cat.stream_stmts()))
+        except (SqlError, KeyError, TypeError, ValueError) as e:
+            raise damaged(cat.path, f"an entry cannot be read: {e}", REPAIR) from None
         return cat
 
     def stream_stmts(self) -> dict[str, CreateStream]:
@@ -87,11 +98,24 @@ class Catalog:
         return [n for n, v in self.views.items() if v.plan.stream == stream]
 
     def save(self) -> None:
+        """Replace catalog.json atomically (the caller holds the state dir's lock)."""
         data = {
             "streams": {n: {"sql": e.stmt.sql, "base_dir": e.base_dir} for n, e in self.streams.items()},
             "views": {n: {"sql": e.stmt.sql} for n, e in self.views.items()},
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        write_sealed_json(self.path, data)
+
+
+def _section(data: dict, key: str) -> dict:
+    section = data.get(key, {})
+    if not isinstance(section, dict):
+        raise ValueError(f"{key!r} is not an object")
+    return section
+
+
+def _checked(key: str, stmt_name: str, path: Path) -> str:
+    """A catalog key must be the name its SQL declares (up to case: older catalogs kept unquoted names
+    as written), and a usable one: it names folders."""
+    if key.lower() != stmt_name.lower() or not is_valid_name(key):
+        raise damaged(path, f"entry {key[:40]!r} does not match its SQL or is not a usable name", REPAIR)
+    return key

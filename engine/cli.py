@@ -182,7 +182,10 @@ def cmd_status(args) -> int:
             print(f"  {name}: {s['versions']} versions, {s['rows']:,} rows, last written {s['last_written_at']}")
             if s.get("by_reason"):
                 print("    malformed records by reason: " + ", ".join(f"{r} {n:,}" for r, n in s["by_reason"].items()))
-    if "updated_at" not in st:
+    if "updated_at" not in st and st.get("series"):
+        print("status.json is missing, so the progress above is unknown; the next checkpoint of "
+              "`pondstream run` rewrites it")
+    elif "updated_at" not in st:
         print("no pipeline has run here yet: pondstream run FILE.sql")
     return 0
 

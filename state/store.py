@@ -16,6 +16,8 @@ from typing import Any
 
 from rocksdict import AccessType, DBCompressionType, Options, Rdict, ReadOptions, WriteBatch
 
+from pondstream.state.errors import EngineError
+
 BIAS = 1 << 63
 
 
@@ -57,7 +59,10 @@ class Txn:
 
 class StateStore:
     def __init__(self, path: str, read_only: bool = False) -> None:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise EngineError(f"cannot create {path}: {e.strerror or e}; check the state dir's permissions") from None
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_compression_type(DBCompressionType.lz4())
@@ -72,7 +77,7 @@ class StateStore:
                 raise StateLockedError(
                     f"state dir {os.path.dirname(path)} is in use by another pondstream process; "
                     "stop it first (Ctrl-C) or use another --state-dir") from None
-            raise
+            raise EngineError(f"cannot open the RocksDB state in {path}: {e}") from None
         self.path = path
 
     def get_meta(self, name: str, default: Any = None) -> Any:
@@ -96,7 +101,11 @@ class StateStore:
     def commit(self, txn: Txn) -> None:
         for name, value in txn.meta.items():
             txn.batch.put(b"m/" + name.encode(), json.dumps(value).encode())
-        self.db.write(txn.batch)
+        try:
+            self.db.write(txn.batch)
+        except Exception as e:  # rocksdict raises a bare Exception("IO error: ...")
+            raise EngineError(f"cannot commit the checkpoint to {self.path}: {e}.\n  The last checkpoint is "
+                              "intact; free disk space or fix the state dir's permissions, then run again") from None
         for fn in txn.after_commit:
             fn()
 

@@ -7,38 +7,22 @@ columns, highest `_version`); `as_of` restricts the files to versions <= N first
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-from datafusion import SessionContext
+import pyarrow.parquet as pq
+from datafusion import SessionContext, SQLOptions
 
-from pondstream.state.series import LOG, META, SCHEMA
+from pondstream.state.series import read_log, series_meta
 
 TS = pa.timestamp("us")
-
-
-def read_log(series_dir: Path) -> list[dict[str, Any]]:
-    """Committed entries; a torn last line (crash mid-append) is ignored until recovery rewrites it."""
-    p = series_dir / LOG
-    if not p.exists():
-        return []
-    out = []
-    for line in p.read_bytes().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def series_meta(series_dir: Path) -> tuple[dict[str, Any], pa.Schema]:
-    meta = json.loads((series_dir / META).read_text())
-    schema = pa.ipc.read_schema(pa.py_buffer((series_dir / SCHEMA).read_bytes()))
-    return meta, schema
+# Queries only read: no COPY ... TO, CREATE EXTERNAL TABLE, INSERT, SET, PREPARE.
+READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
 def visible_columns(meta: dict[str, Any], schema: pa.Schema) -> list[str]:
@@ -46,7 +30,8 @@ def visible_columns(meta: dict[str, Any], schema: pa.Schema) -> list[str]:
     return [n for n in schema.names if n not in hidden and n != "_version"]
 
 
-def _q(name: str) -> str:
+def quote(name: str) -> str:
+    """A SQL identifier that DataFusion takes exactly as written (case kept, quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -64,27 +49,46 @@ def dataset(series_dir: Path, as_of: int | None = None) -> tuple[ds.Dataset | No
             expr = expr & (ds.field(col) >= lo_s) & (ds.field(col) <= hi_s)
         parts.append(expr)
     dset = ds.FileSystemDataset.from_paths(
-        [str(series_dir / e["file"]) for e in entries], schema=file_schema, format=ds.ParquetFileFormat(),
+        [str(series_dir / e["file"]) for e in entries], schema=file_schema, format=PARQUET,
         filesystem=pafs.LocalFileSystem(), partitions=parts,
     )
     return dset, entries, file_schema
 
 
 def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int | None = None) -> None:
-    """Register `name` in `ctx`: the latest row per identity, or as of version `as_of`."""
+    """Register `name` (exactly, case kept) in `ctx`: the latest row per identity, or as of `as_of`.
+
+    The raw files go in as `"__raw:<name>"`: a colon cannot appear in a series name, so no raw table
+    can shadow a view."""
     meta, schema = series_meta(series_dir)
     dset, entries, file_schema = dataset(series_dir, as_of)
-    raw = f"__raw_{name}"
+    raw = quote(f"__raw:{name}")
     if dset is None:
         ctx.register_record_batches(raw, [[pa.RecordBatch.from_pylist([], file_schema)]])
     else:
         ctx.register_dataset(raw, dset)
-    cols = ", ".join(_q(c) for c in visible_columns(meta, schema))
+    cols = ", ".join(quote(c) for c in visible_columns(meta, schema))
     identity = meta.get("identity") or []
     if identity and any(e.get("supersedes") for e in entries):
-        part = ", ".join(_q(c) for c in identity)
+        part = ", ".join(quote(c) for c in identity)
         sql = (f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY _version DESC) "
-               f"AS __rn FROM {_q(raw)}) WHERE __rn = 1")
+               f"AS __rn FROM {raw}) WHERE __rn = 1")
     else:
-        sql = f"SELECT {cols} FROM {_q(raw)}"
-    ctx.register_view(name, ctx.sql(sql))
+        sql = f"SELECT {cols} FROM {raw}"
+    ctx.register_view(quote(name), ctx.sql_with_options(sql, READ_ONLY))
+
+
+def damaged_file(series_dir: Path) -> tuple[Path, str] | None:
+    """The first Parquet file of the series that its log entry does not vouch for (size, or a full read
+    with page checksums verified), and why. Run only after a query failed: it reads every file."""
+    for e in read_log(series_dir):
+        path = series_dir / e["file"]
+        try:
+            if path.stat().st_size != e["bytes"]:
+                return path, f"{path.stat().st_size} bytes where the log records {e['bytes']}"
+            pq.ParquetFile(path, page_checksum_verification=True).read()
+        except FileNotFoundError:
+            return path, "missing"
+        except (OSError, pa.ArrowException) as err:
+            return path, f"unreadable: {str(err).splitlines()[0]}"
+    return None

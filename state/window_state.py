@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pondstream.state.paths import key_prefix
 from pondstream.state.store import StateStore, Txn, from_u64, prefix_end, u64
 
 COMPACT_AFTER = 16
@@ -35,7 +36,7 @@ class WindowState:
 
     def __init__(self, store: StateStore, view: str, merge: Callable[[list[pa.Table]], pa.Table]) -> None:
         self.store, self.merge = store, merge
-        self.prefix = b"s/" + view.encode() + b"\x00"
+        self.prefix = key_prefix(b"s", view)
         self.runs: dict[int, int] = defaultdict(int)  # window start -> number of runs
         for key in store.keys(self.prefix, prefix_end(self.prefix)):
             self.runs[from_u64(key[len(self.prefix): len(self.prefix) + 8])] += 1

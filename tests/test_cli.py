@@ -67,3 +67,21 @@ def test_errors_are_messages_not_tracebacks(tmp_path):
     assert "done: 200,000 events" in p.stderr
     q = cli("query", "SELECT * FROM nowhere", state=tmp_path / "s2", check=False)
     assert q.returncode == 1 and "queryable tables: hourly_sales" in q.stderr and "Traceback" not in q.stderr
+
+
+def test_damaged_state_is_named_and_the_next_run_repairs_it(tmp_path):
+    state = tmp_path / "s"
+    cli("run", str(EXAMPLE), state=state)
+    full = cli("query", "SELECT COUNT(*) AS n FROM hourly_sales", "--format", "csv", state=state).stdout
+    log = state / "series" / "hourly_sales" / "_log.jsonl"
+    log.write_bytes(log.read_bytes()[: len(log.read_bytes()) // 2])  # lost its second half
+    for args in (("query", "SELECT COUNT(*) AS n FROM hourly_sales"), ("cat", "hourly_sales"), ("status",)):
+        p = cli(*args, state=state, check=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "_log.jsonl is damaged (cut short" in p.stderr and "next `pondstream run`" in p.stderr
+    (state / "status.json").write_text('{"pid": 1, "views": {')
+    p = cli("status", state=state, check=False)
+    assert p.returncode == 1 and "status.json is damaged" in p.stderr
+    cli("run", str(EXAMPLE), state=state)  # recovery rewrites the log from RocksDB, the checkpoint status.json
+    assert cli("query", "SELECT COUNT(*) AS n FROM hourly_sales", "--format", "csv", state=state).stdout == full
+    assert json.loads(cli("status", "--json", state=state).stdout)["views"]["hourly_sales"]["finished"] is True
