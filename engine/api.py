@@ -19,7 +19,17 @@ from sqlglot import exp
 
 from pondstream.engine.catalog import Catalog, StreamEntry, ViewEntry
 from pondstream.engine.runner import Progress, Runner, errors_series, late_series, make_source
-from pondstream.sql import CreateStream, CreateView, Describe, Drop, Query, Show, SqlError, parse_script
+from pondstream.sql import (
+    CreateStream,
+    CreateView,
+    Describe,
+    Drop,
+    Query,
+    Show,
+    SqlError,
+    check_limits,
+    parse_script,
+)
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.sql.planner import plan_view
 from pondstream.state.errors import EngineError
@@ -105,7 +115,7 @@ class Engine:
             raise EngineError(f"{stmt.name} is already a materialized view; pick another name")
         if found:
             old = cat.streams[found[1]]
-            if old.stmt.sql == stmt.sql:
+            if old.stmt.same_definition(stmt):
                 return f"stream {stmt.name} exists (unchanged)"
             if stmt.name.lower() not in reset:
                 raise EngineError(
@@ -144,7 +154,7 @@ class Engine:
             raise
         if found:
             old = cat.views[found[1]]
-            if old.stmt.sql == stmt.sql:
+            if old.stmt.same_definition(stmt):
                 return f"materialized view {stmt.name} exists (unchanged)"
             if stmt.name.lower() not in reset:
                 raise EngineError(
@@ -287,11 +297,12 @@ class Engine:
         """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
         `FROM view VERSION AS OF n` reads one view as it was at version n."""
+        check_limits(sql)
         ctx = SessionContext()
         names = self.series_names()
         try:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
-        except sqlglot.errors.ParseError:
+        except (sqlglot.errors.ParseError, RecursionError):
             tree = None
         if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None

@@ -38,9 +38,10 @@ from pondstream.operators.window import assign, closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
+from pondstream.state.files import write_sealed_json
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
-from pondstream.state.table import register_series
+from pondstream.state.table import READ_ONLY, quote, register_series
 from pondstream.state.window_state import WindowState, split_by_bound, window_starts
 
 TS = pa.timestamp("us")
@@ -206,7 +207,7 @@ class Runner:
         """Another view of this pipeline read as a stream (it must already be in a group)."""
         up = next(g for g in self.groups_so_far if any(v.plan.name == upstream for v in g.views))
         schema = self.catalog.source_entry(upstream).stmt.schema
-        return ViewSource(schema, self.series.root / upstream, lambda: self.series.entries(upstream),
+        return ViewSource(schema, self.series.dir(upstream), lambda: self.series.entries(upstream),
                           lambda: up.final_committed, position)
 
     @property
@@ -409,9 +410,10 @@ class Runner:
             register_series(ctx, "__up", src.dir, as_of=src.version)
             lo = int(true_start(np.array(closed), spec).min())
             hi = max(closed) + spec.size_us
-            tcol = g.stream.stmt.event_time
-            rows = ctx.sql(f'SELECT * FROM "__up" WHERE "{tcol}" >= arrow_cast({lo}, \'Timestamp(Microsecond, None)\') '
-                           f'AND "{tcol}" < arrow_cast({hi}, \'Timestamp(Microsecond, None)\')').to_arrow_table()
+            tcol = quote(g.stream.stmt.event_time)
+            bounds = {"lo": pa.scalar(lo, pa.int64()).cast(TS), "hi": pa.scalar(hi, pa.int64()).cast(TS)}
+            rows = ctx.sql_with_options(f'SELECT * FROM "__up" WHERE {tcol} >= $lo AND {tcol} < $hi', READ_ONLY,
+                                        param_values=bounds).to_arrow_table()
             rows = rows.select(g.stream.stmt.schema.names).cast(g.stream.stmt.schema)
             rows = rows.add_column(0, "__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
             part = v.op.process(rows, None).partials if rows.num_rows else None
@@ -500,7 +502,7 @@ class Runner:
         done = int(self.store.get_meta(f"sink/{v.plan.name}", 0))
         for entry in self.series.entries(v.plan.name):
             if entry["version"] > done:
-                table = pq.read_table(self.series.root / v.plan.name / entry["file"]).drop_columns(["_version"])
+                table = pq.read_table(self.series.dir(v.plan.name) / entry["file"]).drop_columns(["_version"])
                 self._publish(v, table, entry["version"])
 
     def _write_status(self) -> None:
@@ -528,6 +530,4 @@ class Runner:
                   "checkpoint": self.epoch, "events_this_run": self.progress.events,
                   "events_per_second": round(self.progress.rate), "bad_records_this_run": self.progress.bad,
                   "views": views}
-        tmp = self.state_dir / "status.json.tmp"
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, self.state_dir / "status.json")
+        write_sealed_json(self.state_dir / "status.json", status)  # atomic, fsynced, checksummed

@@ -213,15 +213,15 @@ def run_case(sql: str, root: Path, run: bool = False) -> tuple[str, str]:
     try:
         if "'kafka'" in sql:  # no broker here: check parsing, planning and the stored text only
             return _parse_only(sql)
-        with Engine(state) as engine:
+        with Engine(state) as engine:  # one Engine at a time: an open one holds the state dir's lock
             try:
                 engine.execute(sql, base_dir=str(root))
                 outcome = ("accepted", "")
             except (SqlError, EngineError) as e:
                 outcome = ("refused", str(e).splitlines()[0][:200])
-            _reload(state, root)
             if run and outcome[0] == "accepted":
                 _run(engine)
+        _reload(state, root)
         return outcome
     except Timeout:
         return "other", "timeout"
