@@ -11,14 +11,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import sqlglot
 from datafusion import SessionContext
 from sqlglot import exp
 
-from pondstream.engine.catalog import Catalog, StreamEntry, ViewEntry
-from pondstream.engine.runner import Progress, Runner, errors_series, late_series, make_source
 from pondstream.sql import (
     CreateStream,
     CreateView,
@@ -31,20 +30,29 @@ from pondstream.sql import (
     parse_script,
 )
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
-from pondstream.sql.planner import plan_view
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged, read_json
-from pondstream.state.paths import MAX_SERIES_NAME, check_name, is_valid_name, key_prefix, series_dir, shown
+from pondstream.state.paths import (
+    MAX_SERIES_NAME,
+    check_name,
+    default_state_dir,
+    errors_series,
+    is_valid_name,
+    key_prefix,
+    late_series,
+    series_dir,
+    shown,
+)
 from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
+if TYPE_CHECKING:
+    from pondstream.engine.catalog import Catalog
+    from pondstream.engine.runner import Progress
+
 __all__ = ["Engine", "EngineError", "default_state_dir"]
 STATUS_REPAIR = "the next checkpoint of `pondstream run` on this state dir rewrites it"
-
-
-def default_state_dir() -> str:
-    return os.environ.get("PONDSTREAM_STATE_DIR", "./pondstream-data")
 
 
 class Engine:
@@ -56,6 +64,8 @@ class Engine:
     # -- state ---------------------------------------------------------------------------------
     @property
     def catalog(self) -> Catalog:
+        from pondstream.engine.catalog import Catalog  # loaded on first DDL or run: queries start faster
+
         return Catalog.load(self.state_dir)
 
     def _open(self) -> tuple[StateStore, SeriesStore]:
@@ -124,6 +134,10 @@ class Engine:
             for v in cat.views_of(found[1]):
                 self._discard_view_state(v)
             del cat.streams[found[1]]
+        from pondstream.engine.catalog import StreamEntry, ViewEntry
+        from pondstream.engine.runner import make_source
+        from pondstream.sql.planner import plan_view
+
         entry = StreamEntry(stmt, base_dir)
         try:
             make_source(entry, None).close()  # fail now, not mid-run: missing path, bad options
@@ -136,6 +150,9 @@ class Engine:
         return f"created stream {stmt.name}"
 
     def _create_view(self, stmt: CreateView, reset: set[str]) -> str:
+        from pondstream.engine.catalog import ViewEntry
+        from pondstream.sql.planner import plan_view
+
         _check_new_name(stmt.name, "view name")
         cat = self.catalog
         found = cat.find(stmt.name)
@@ -253,6 +270,8 @@ class Engine:
         cat = self.catalog
         if not cat.views:
             raise EngineError("no materialized views to run; CREATE MATERIALIZED VIEW first")
+        from pondstream.engine.runner import Runner
+
         store, series = self._open()
         try:
             runner = Runner(self.state_dir, store, series, cat, checkpoint_interval, on_progress)

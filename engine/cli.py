@@ -8,13 +8,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pondstream.engine.api import Engine, EngineError, default_state_dir
-from pondstream.engine.kafka_tools import KafkaToolError
-from pondstream.engine.output import render
-from pondstream.engine.runner import Progress, ts_text
-from pondstream.sql import SqlError
-from pondstream.state.store import StateLockedError
+from pondstream.state.errors import EngineError
+from pondstream.state.paths import default_state_dir
+
+if TYPE_CHECKING:  # the engine loads lazily, so `pondstream --help` starts in a few milliseconds
+    from pondstream.engine.runner import Progress
 
 DESCRIPTION = """\
 pondstream: streaming SQL with windowed materialized views.
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress_printer(quiet: bool):
+    from pondstream.engine.runner import ts_text
+
     tty = sys.stderr.isatty()
 
     def show(p: Progress) -> None:
@@ -119,6 +121,8 @@ def cmd_run(args) -> int:
     path = Path(args.file)
     if not path.exists():
         raise EngineError(f"SQL file {path} not found")
+    from pondstream.engine.api import Engine
+
     engine = Engine(args.state_dir)
     with engine:
         for msg in engine.execute(path.read_text(), reset=args.reset):
@@ -145,18 +149,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_query(args) -> int:
+    from pondstream.engine.api import Engine
+    from pondstream.engine.output import render
+
     table = Engine(args.state_dir).query(args.sql, as_of_version=args.as_of_version)
     sys.stdout.write(render(table, args.format))
     return 0
 
 
 def cmd_cat(args) -> int:
+    from pondstream.engine.api import Engine
+    from pondstream.engine.output import render
+
     table = Engine(args.state_dir).cat(args.view, args.time_start, args.time_end)
     sys.stdout.write(render(table, args.format))
     return 0
 
 
 def cmd_status(args) -> int:
+    from pondstream.engine.api import Engine
+
     st = Engine(args.state_dir).status()
     if args.json:
         print(json.dumps(st, indent=1))
@@ -211,6 +223,20 @@ def cmd_produce(args) -> int:
     return 0
 
 
+USER_ERRORS = {"pondstream.sql.errors": "SqlError", "pondstream.state.errors": "EngineError",
+               "pondstream.state.store": "StateLockedError", "pondstream.engine.kafka_tools": "KafkaToolError"}
+
+
+def _user_error(e: Exception) -> str | None:
+    """The message for a mistake a user can fix (None: a bug, shown as a traceback). Error types are
+    looked up among loaded modules: one that raised is loaded, and the others need not be."""
+    for module, name in USER_ERRORS.items():
+        mod = sys.modules.get(module)
+        if mod is not None and isinstance(e, getattr(mod, name)):
+            return e.render() if name == "SqlError" else f"error: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -221,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status,
                     "broker": cmd_broker, "produce": cmd_produce}
         return commands[args.command](args)
-    except SqlError as e:
-        print(e.render(), file=sys.stderr)
-    except (EngineError, StateLockedError, KafkaToolError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = _user_error(e)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
     except KeyboardInterrupt:
         print("\naborted without a final checkpoint; the next run resumes from the last one", file=sys.stderr)
         return 130

@@ -39,6 +39,7 @@ from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
 from pondstream.state.files import write_sealed_json
+from pondstream.state.paths import errors_series, late_series
 from pondstream.state.series import SeriesStore
 from pondstream.state.store import StateStore, Txn
 from pondstream.state.table import READ_ONLY, quote, register_series
@@ -49,14 +50,6 @@ BUCKETS = 64  # shards of a running aggregate's per-key state
 COMPACT_RUNS = 8  # a shard with this many delta runs is merged into one
 COMPACT_PER_CHECKPOINT = 4  # shards compacted (or, with state_ttl, swept for idle keys) per checkpoint
 EPOCH_EVENTS = 1_000_000  # also checkpoint after this many events, so memory does not grow with speed
-
-
-def late_series(view: str) -> str:
-    return f"{view}__late"
-
-
-def errors_series(stream: str) -> str:
-    return f"{stream}__errors"
 
 
 def make_source(entry: StreamEntry, position: dict | None) -> Source:

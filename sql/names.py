@@ -14,14 +14,12 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlglot import exp
 
 from pondstream.sql.errors import SqlError, at
+from pondstream.state.paths import MAX_NAME as MAX_LEN  # the characters and length names on disk allow
+from pondstream.state.paths import NAME_RE as _CHARS
 
-MAX_LEN = 63
-_CHARS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RULE = f"names are 1..{MAX_LEN} ASCII letters, digits and _, not starting with a digit"
 INTERNAL_SUFFIXES = ("__errors", "__late")
 

@@ -8,6 +8,7 @@ series root, and every delete must land strictly inside the root it was given.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,21 @@ MAX_NAME = 63  # a stream or view name (the SQL identifier rule)
 MAX_SERIES_NAME = MAX_NAME + len("__errors")  # a series is a name plus, at most, the errors suffix
 NAME_HINT = ("names are letters, digits and underscores, not starting with a digit, at most "
              f"{MAX_NAME} characters (e.g. hourly_sales)")
+
+
+def late_series(view: str) -> str:
+    """The series holding a view's late events."""
+    return f"{view}__late"
+
+
+def errors_series(stream: str) -> str:
+    """The series holding a stream's bad records."""
+    return f"{stream}__errors"
+
+
+def default_state_dir() -> str:
+    """Where state lives unless --state-dir says otherwise."""
+    return os.environ.get("PONDSTREAM_STATE_DIR", "./pondstream-data")
 
 
 def shown(name: object) -> str:
