@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -181,6 +182,9 @@ def cmd_status(args) -> int:
         state = "finished" if v["finished"] else "running or stopped"
         print(f"\n{name}  ({state})\n  source: {v['source']}\n  position: {json.dumps(v['position'])}\n"
               f"  watermark: {v['watermark']}\n  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
+        if "records_read" in v:  # every record read went to the view's input or to <stream>__errors
+            print(f"  records read: {v['records_read']:,} = {v['records_read'] - v['records_bad']:,} to the view"
+                  f" + {v['records_bad']:,} to {v['stream']}__errors")
         if v.get("held_back_by"):
             print(f"  watermark held back by: {v['held_back_by']}")
         if v.get("health"):
@@ -247,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status,
                     "broker": cmd_broker, "produce": cmd_produce}
         return commands[args.command](args)
+    except BrokenPipeError:  # the reader went away (`pondstream query ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         message = _user_error(e)
         if message is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -188,3 +190,20 @@ def test_batch_bytes_zero_is_refused(tmp_path, capsys):
         WITH (connector = 'file', path = '{tmp_path / "in.jsonl"}', batch_bytes = '0');""" + VIEWS)
     assert main(["run", str(sql), "--state-dir", str(tmp_path / "state"), "--quiet"]) == 1
     assert "batch_bytes" in capsys.readouterr().err
+
+
+def test_status_shows_where_records_went_and_a_closed_pipe_is_no_error(tmp_path, capsys):
+    rows = [json.dumps({"id": i, "qty": i % 3, "ts": f"2026-01-01 00:00:{i:02d}"}) for i in range(50)]
+    (tmp_path / "in.jsonl").write_text("\n".join(rows[:20] + ["null", "{oops"] + rows[20:]) + "\n")
+    sql = tmp_path / "p.sql"
+    sql.write_text(f"""CREATE STREAM s (id BIGINT, qty INT, ts TIMESTAMP, WATERMARK FOR ts AS ts)
+        WITH (connector = 'file', path = '{tmp_path / "in.jsonl"}');""" + VIEWS)
+    state = str(tmp_path / "state")
+    assert main(["run", str(sql), "--state-dir", state, "--quiet"]) == 0
+    assert main(["status", "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert "records read: 52 = 50 to the view + 2 to s__errors" in out  # per_id
+    assert "records read: 52 = 33 to the view + 19 to s__errors" in out  # ratio: 17 rows with qty = 0
+    p = subprocess.run(f"{sys.executable} -m pondstream.engine.cli query 'SELECT * FROM s__errors CROSS JOIN generate_series(1, 100000)' "
+                       f"--state-dir {state} --format csv | head -1", shell=True, capture_output=True, text=True)
+    assert p.stdout.startswith('"source"') and "Traceback" not in p.stderr
