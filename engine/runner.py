@@ -26,8 +26,6 @@ from datafusion import SessionContext
 from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
-from pondstream.operators.kafka_sink import KafkaSink
-from pondstream.operators.kafka_source import KafkaSource
 from pondstream.operators.partials import merge_partials
 from pondstream.operators.running import merge_running
 from pondstream.operators.session import merge_sessions, session_bounds
@@ -60,6 +58,8 @@ def make_source(entry: StreamEntry, position: dict | None) -> Source:
     if connector == "generator":
         return GeneratorSource(s.schema, s.event_time, s.options, position)
     if connector == "kafka":
+        from pondstream.operators.kafka_source import KafkaSource  # confluent-kafka loads only when used
+
         return KafkaSource(s.schema, s.event_time, s.options, position)
     raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file', 'generator' or 'kafka'")
 
@@ -121,7 +121,7 @@ class ViewRun:
     meta: dict[str, Any]
     pending: list[pa.Table] = field(default_factory=list)
     late: list[pa.Table] = field(default_factory=list)
-    sink: KafkaSink | None = None
+    sink: Any = None  # a KafkaSink when the view publishes
     last_early: float = field(default_factory=time.monotonic)  # EMIT EVERY: when open windows were last written
 
     def merge(self, tables: list[pa.Table | None]) -> pa.Table | None:
@@ -181,6 +181,8 @@ class Runner:
                            WindowState(self.store, name, merger(plan)), meta)
             if plan.options.get("sink_topic"):
                 fallback = {"bootstrap_servers": stream.stmt.options.get("bootstrap_servers", "")}
+                from pondstream.operators.kafka_sink import KafkaSink
+
                 view.sink = KafkaSink(name, {**fallback, **plan.options}, plan.identity_columns)
                 self._catch_up_sink(view)
             key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))

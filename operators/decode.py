@@ -141,9 +141,27 @@ class Decoded:
     bad: list[tuple[int, bytes, str]]  # (line index, raw bytes, error), in line order
     starts: np.ndarray  # byte offset of each non-blank line, plus one past the end
 
+    @property
+    def n_lines(self) -> int:
+        return len(self.starts) - 1
+
 
 PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 NOT_OBJECT = "malformed: not a JSON object"
+
+
+def simple_starts(chunk: bytes, objects: bool) -> np.ndarray | None:
+    """Line starts (plus one past the end) when no line needs a look of its own, else None: no blank
+    lines and, for JSON, every line starts with `{`. One vectorized pass over the newlines."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    if not len(buf):
+        return np.zeros(1, np.int64)
+    nl = np.flatnonzero(buf == 10)
+    last_nl = len(nl) > 0 and nl[-1] == len(buf) - 1
+    starts = np.concatenate(([0], (nl[:-1] if last_nl else nl) + 1))
+    first = buf[starts]
+    ok = (first == ord("{")).all() if objects else not ((first == 10) | (first == 13)).any()
+    return np.append(starts, len(buf) if last_nl else len(buf) + 1) if ok else None
 
 
 def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: str, objects: bool = False,
@@ -151,8 +169,30 @@ def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: s
     """Decode a chunk of lines, one record per non-blank line; every line ends up as a row or as a bad
     record (won't parse or cast, not one JSON object, event time missing or outside `time_range`).
 
-    With `objects` (JSON), lines that do not start with `{` are set aside before pyarrow sees them
-    (pyarrow 26 crashes on a lone `null`): they are blanked in place, so offsets stay right."""
+    The usual chunk is one pyarrow decode and no per-line work. Otherwise, with `objects` (JSON), lines
+    that do not start with `{` are set aside before pyarrow sees them (pyarrow 26 crashes on a lone
+    `null`), blanked in place so offsets stay right, and a failing chunk is bisected."""
+    starts = simple_starts(chunk, objects)
+    table = None
+    if starts is not None:
+        try:
+            table = parse(chunk)
+        except PARSE_ERRORS:
+            pass
+    if table is not None and table.num_rows == len(starts) - 1:
+        d = Decoded(None, np.arange(len(starts) - 1), [], starts)
+    else:
+        d = _decode_carefully(chunk, parse, objects, tried=starts is not None)
+        table = d.table
+    if table is not None:
+        table, d.row_lines, time_bad = check_event_time(table, d.row_lines, event_time, time_range)
+        d.bad = sorted(d.bad + [(i, _line(chunk, d.starts, i), err) for i, err in time_bad], key=lambda b: b[0])
+    d.table = table
+    return d
+
+
+def _decode_carefully(chunk: bytes, parse: Callable[[bytes], pa.Table], objects: bool, tried: bool) -> Decoded:
+    """The path for chunks with blank or suspicious lines, or that failed to decode as a whole."""
     starts, first = line_starts(chunk, spaces_blank=objects)
     n_lines = len(starts) - 1
     screened = np.flatnonzero(first != ord("{")) if objects else np.empty(0, np.int64)
@@ -161,6 +201,8 @@ def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: s
         chunk = _blank(chunk, starts, screened)
     parts: list[pa.Table] = []
     try:
+        if tried and not len(screened):
+            raise pa.ArrowInvalid("the whole chunk failed already")
         parts = [parse(chunk)]
     except PARSE_ERRORS:
         done, failed = bisect_failures(n_lines, lambda lo, hi: parse(_span(chunk, starts, lo, hi)), PARSE_ERRORS)
@@ -172,9 +214,6 @@ def decode_lines(chunk: bytes, parse: Callable[[bytes], pa.Table], event_time: s
     if good is not None and len(lines) != good.num_rows:  # some line held several JSON values
         good, lines, slow_bad = _line_by_line(chunk, starts, parse, gone)
         bad += slow_bad
-    if good is not None:
-        good, lines, time_bad = check_event_time(good, lines, event_time, time_range)
-        bad += [(i, _line(chunk, starts, i), err) for i, err in time_bad]
     bad.sort(key=lambda b: b[0])
     return Decoded(good, lines, bad, starts)
 

@@ -213,7 +213,7 @@ class KafkaSource(Source):
             values = [v.replace(b"\r", b" ").replace(b"\n", b" ") for v in values]
             chunk = b"\n".join(values) + b"\n"
         d = decode_lines(chunk, self._parse, self.event_time, self.objects, self.time_range)
-        if len(d.starts) - 1 != len(values):  # a blank message is a record too: make it one line (set aside)
+        if d.n_lines != len(values):  # a blank message is a record too: make it one line (set aside)
             values = [v if v.strip() else b"null" for v in values]
             d = decode_lines(b"\n".join(values) + b"\n", self._parse, self.event_time, self.objects, self.time_range)
         bad = None
