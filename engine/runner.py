@@ -27,6 +27,7 @@ from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.partials import merge_partials
+from pondstream.operators.prefetch import Prefetch
 from pondstream.operators.running import merge_running
 from pondstream.operators.session import merge_sessions, session_bounds
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, bad_records
@@ -191,6 +192,8 @@ class Runner:
                     self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
                 src = self._view_source(plan.stream, meta.get("position")) if plan.stream in self.catalog.views \
                     else make_source(stream, meta.get("position"))
+                if src.prefetch_safe:  # read the next batch while this one is aggregated
+                    src = Prefetch(src)
                 idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
                 wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
                 # A source that resolved its start (Kafka 'latest'/'timestamp') has that in the first checkpoint.

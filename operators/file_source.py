@@ -50,6 +50,7 @@ def list_files(path: str) -> list[str]:
 
 class FileSource(Source):
     bounded = True
+    prefetch_safe = True
 
     def __init__(self, schema: pa.Schema, event_time: str, options: dict[str, str],
                  position: dict | None = None, base_dir: str | None = None) -> None:

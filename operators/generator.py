@@ -24,6 +24,8 @@ class GeneratorError(ValueError):
 
 
 class GeneratorSource(Source):
+    prefetch_safe = True
+
     def __init__(self, schema: pa.Schema, event_time: str, options: dict[str, str],
                  position: dict | None = None) -> None:
         unknown = [n for n in schema.names if n.lower() not in COLUMNS]

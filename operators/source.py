@@ -72,6 +72,7 @@ class Source:
 
     bounded: bool = True
     finished: bool = False
+    prefetch_safe: bool = False  # read() may run on a reader thread of its own (operators.prefetch)
 
     def read(self) -> SourceBatch | None:
         raise NotImplementedError
