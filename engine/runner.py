@@ -30,7 +30,7 @@ from pondstream.operators.partials import merge_partials
 from pondstream.operators.prefetch import Prefetch
 from pondstream.operators.running import merge_running
 from pondstream.operators.session import merge_sessions, session_bounds
-from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, bad_records
+from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, as_json, bad_records
 from pondstream.operators.view_source import ViewSource
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
 from pondstream.operators.window import assign, closing_bound, true_start
@@ -68,7 +68,7 @@ def make_source(entry: StreamEntry, position: dict | None) -> Source:
 def failed_rows(sb: SourceBatch, data: pa.Table, errors: list[tuple[int, str]]) -> pa.Table:
     """Input rows an expression failed on, as bad records: where they came from, the row, the error."""
     rows = [i for i, _ in errors]
-    raws = [json.dumps(r, default=str).encode() for r in data.take(pa.array(rows)).drop_columns(["__row"]).to_pylist()]
+    raws = as_json(data.take(pa.array(rows)).drop_columns(["__row"]))
     return bad_records(sb.origin or "", [-1 if sb.offsets is None else int(sb.offsets[i]) for i in rows], raws,
                        [m for _, m in errors], None if sb.partitions is None else [int(sb.partitions[i]) for i in rows])
 

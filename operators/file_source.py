@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pondstream.operators.decode import (
     json_parser,
 )
 from pondstream.operators.isolate import bisect_failures, first_line
-from pondstream.operators.source import Source, SourceBatch, bad_records, event_time_range
+from pondstream.operators.source import Source, SourceBatch, as_json, bad_records, event_time_range
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
 BOM = b"\xef\xbb\xbf"
@@ -173,7 +172,7 @@ class FileSource(Source):
             bad = sorted(bad + time_bad)
         records = None
         if bad:
-            raws = [json.dumps(r, default=str).encode() for r in raw.take(pa.array([i for i, _ in bad])).to_pylist()]
+            raws = as_json(raw.take(pa.array([i for i, _ in bad])))
             records = bad_records(f"{name} (row group {group})", [i for i, _ in bad], raws, [e for _, e in bad])
         return SourceBatch(table, self._position(), records, offsets=rows, origin=f"{name} (row group {group})")
 

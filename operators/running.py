@@ -56,9 +56,11 @@ def _with_flags(plan: ViewPlan, rows: pa.Table, group: np.ndarray, restart: np.n
     """Aggregate kept rows per key (the group id stands in for the window column during the group-by) and
     attach the key's restart flag and first watermark."""
     ws = rows.column("__ws") if "__ws" in rows.column_names else None
-    body = rows.drop_columns([c for c in (RESET, FIRST_WM, "__ws") if c in rows.column_names])
-    body = body.add_column(0, "__ws", pa.array(group, pa.int64()).cast(pa.timestamp("us")))
-    part = merge_partials(plan, [body]) if merge else first_partials(plan, body, group)
+    if merge:
+        body = rows.drop_columns([c for c in (RESET, FIRST_WM, "__ws") if c in rows.column_names])
+        part = merge_partials(plan, [body.add_column(0, "__ws", pa.array(group, pa.int64()).cast(pa.timestamp("us")))])
+    else:
+        part = first_partials(plan, rows, group)
     gid = part.column("__ws").cast(pa.int64()).to_numpy()
     if ws is not None:  # the shard number the rows were stored under
         _, first_of = np.unique(group, return_index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,12 @@ def reason(error: str) -> str:
     if "json parse error" in e or "csv parse error" in e or "expected" in e and "columns" in e:
         return "malformed"
     return "wrong type"
+
+
+def as_json(rows: pa.Table) -> list[bytes]:
+    """Each row as JSON bytes: the `raw` of a bad record that was already decoded (a Parquet row, a row an
+    expression failed on, the window and keys of an output row)."""
+    return [json.dumps(r, default=str).encode() for r in rows.to_pylist()]
 
 
 def bad_records(source: str, offsets: list[int], raws: list[bytes], errors: list[str],
