@@ -43,7 +43,7 @@ from pondstream.state.paths import (
     series_dir,
     shown,
 )
-from pondstream.state.series import HEAD, LOG, META, SeriesStore, read_log, series_meta
+from pondstream.state.series import HEAD, LOG, META, SeriesStore, Snapshot, read_snapshot, series_meta
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
@@ -234,12 +234,13 @@ class Engine:
         else:
             rows = []
             for n, e in sorted(cat.views.items()):
-                log = self._log(n)
+                snap = self._snapshot(n)
                 w = e.plan.window
                 rows.append({"name": n, "stream": e.plan.stream,
                              "window": f"{w.kind.upper()} {_dur(w.size_us)}" +
                                        (f" every {_dur(w.slide_us)}" if w.kind == "hop" else ""),
-                             "versions": len(log), "rows_written": sum(x["rows"] for x in log)})
+                             "versions": snap.versions if snap else 0,
+                             "rows_written": snap.rows_written if snap else 0})
             names = ["name", "stream", "window", "versions", "rows_written"]
         return pa.Table.from_pylist(rows) if rows else pa.table({n: pa.array([], pa.string()) for n in names})
 
@@ -295,10 +296,10 @@ class Engine:
         return sorted(p.name for p in root.iterdir()
                       if is_valid_name(p.name, MAX_SERIES_NAME) and any((p / f).exists() for f in (META, HEAD, LOG)))
 
-    def _log(self, name: str) -> list[dict]:
-        """The verified log of series `name`; none yet if the view has not run."""
+    def _snapshot(self, name: str) -> Snapshot | None:
+        """The verified base and tail of series `name`; None if the view has not run."""
         d = series_dir(self._series_root(), name)
-        return read_log(d) if d.exists() else []
+        return read_snapshot(d) if d.exists() else None
 
     @staticmethod
     def _resolve(name: str, quoted: bool, names: list[str]) -> str | None:
@@ -422,9 +423,9 @@ class Engine:
         """Progress of the last or current run (status.json) and per-view series figures."""
         status = read_json(self.state_dir / "status.json", STATUS_REPAIR, required=False, sealed=False) or {}
         status["state_dir"] = str(self.state_dir)
-        status["series"] = {n: {"versions": len(log), "rows": sum(e["rows"] for e in log),
-                                "last_written_at": log[-1]["written_at"] if log else None}
-                            for n in self.series_names() for log in [self._log(n)]}
+        status["series"] = {n: {"versions": s.versions, "rows": s.rows_written, "files": s.files,
+                                "last_written_at": s.last_written_at}
+                            for n in self.series_names() if (s := self._snapshot(n)) is not None}
         for name, s in status["series"].items():
             if name.endswith("__errors") and s["rows"]:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from pondstream.operators.window import assign, closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
+from pondstream.state.consolidate import DEFAULT_RETENTION_US, consolidate, due
 from pondstream.state.files import write_sealed_json
 from pondstream.state.paths import errors_series, late_series
 from pondstream.state.series import SeriesStore
@@ -153,6 +155,8 @@ class Progress:
     versions: int = 0
     checkpoints: int = 0
     health: str | None = None
+    checkpoint_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # the latest ones
+    consolidations: int = 0
 
     @property
     def rate(self) -> float:
@@ -169,6 +173,8 @@ class Runner:
         self.progress = Progress()
         self.epoch = int(store.get_meta("epoch", 0))
         self.groups = self._groups()
+        self.retention = {v.plan.name: parse_duration(v.plan.options["history_retention"])
+                          for g in self.groups for v in g.views if "history_retention" in v.plan.options}
 
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
@@ -284,6 +290,7 @@ class Runner:
 
     def checkpoint(self) -> None:
         """Commit one epoch: state runs, emitted windows, positions and watermarks, atomically."""
+        began = time.perf_counter()
         self.epoch += 1
         txn = Txn()
         open_windows = 0
@@ -315,14 +322,39 @@ class Runner:
             if g.position is not None:
                 g.source.committed(g.position)
             g.final_committed = bool(g.source.bounded and g.source.finished)
+        self._consolidate()
         wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
         self.progress.watermark = min(wms) if wms else None
         self.progress.open_windows = open_windows
         self.progress.health = "; ".join(h for g in self.groups if (h := g.source.health())) or None
         self.progress.checkpoints += 1
+        self.progress.checkpoint_seconds.append(time.perf_counter() - began)
         self._write_status()
         if self.on_progress:
             self.on_progress(self.progress)
+
+    def _consolidate(self) -> None:
+        """Fold the longest due tail of the series this run writes into its base: one series per
+        checkpoint, so the work per checkpoint stays bounded. Versions a view over that view or a sink
+        has not read yet stay in the tail."""
+        pins: dict[str, int] = {}
+        for g in self.groups:
+            if isinstance(g.source, ViewSource):
+                up = g.source.dir.name
+                pins[up] = min(pins.get(up, 1 << 62), int((g.position or {}).get("version", 0)))
+            for v in g.views:
+                if v.sink is not None:
+                    pins[v.plan.name] = min(pins.get(v.plan.name, 1 << 62),
+                                            int(self.store.get_meta(f"sink/{v.plan.name}", 0)))
+        due_tails = []
+        for name in sorted(self.series.written):
+            tail = [e for e in self.series.entries(name) if e["version"] <= pins.get(name, 1 << 62)]
+            if due(tail):
+                due_tails.append((len(tail), name))
+        if due_tails:
+            name = max(due_tails)[1]
+            consolidate(self.series, name, pins.get(name), self.retention.get(name, DEFAULT_RETENTION_US))
+            self.progress.consolidations += 1
 
     def _flush_running(self, txn: Txn, g: Group, v: ViewRun) -> None:
         """No window: state per key in RocksDB, sharded into BUCKETS, each a list of delta runs (the

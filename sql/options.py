@@ -149,6 +149,7 @@ VIEW: dict[str, Check] = {
     "sink_topic": text_value,
     "sink_bootstrap_servers": text_value,
     "emit_every": duration(allow_zero=False),  # EMIT EVERY, also accepted as an option
+    "history_retention": duration(allow_zero=True),  # how long replaced rows stay readable (VERSION AS OF)
     "emit_every_us": integer(1, MAX_US),  # internal: what EMIT EVERY becomes
 }
 VIEW_PREFIXES = ("sink_properties.",)

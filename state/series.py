@@ -3,9 +3,14 @@
 The entries live in RocksDB and are committed in the same write batch as the state that produced them,
 so a crash before the commit leaves the file invisible (and it is overwritten by the retried flush).
 After each commit the entry is appended to `<series>/_log.jsonl`, the copy that queries read without
-touching RocksDB, and `_head.json` records how many versions that log must hold; on start-up both are
-rewritten from RocksDB, the truth. Every entry, `_head.json` and `_series.json` carry a checksum, and
+touching RocksDB, and `_head.json` records how many versions there are; on start-up both are rewritten
+from RocksDB, the truth. Every entry, `_head.json` and `_series.json` carry a checksum, and
 `_series.json` the checksum of `_schema.arrow`, so a reader can tell a damaged series from a short one.
+
+Versions do not pile up: consolidation (state/consolidate.py) folds versions 1..B into the *base*, a few
+large files holding the latest row per identity (and *history* files with the rows later versions
+replaced, kept for `history_retention`), described by `_base.json`. The log then holds only the tail,
+versions B+1..N, so opening a series costs the base's few entries plus a short tail, whatever its age.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +53,32 @@ LOG = "_log.jsonl"
 META = "_series.json"
 SCHEMA = "_schema.arrow"
 HEAD = "_head.json"
+BASE = "_base.json"
 ROW_GROUP = 64 * 1024
+DATA_FILE_PREFIXES = ("v", "b", "h")  # tail versions, base files, history files
+RETRY = 20  # a reader that meets a consolidation half-published reads again (it takes milliseconds)
+
+
+def empty_base() -> dict[str, Any]:
+    """The base of a series no consolidation has touched: versions 1..0."""
+    return {"version": 0, "gen": 0, "files": [], "history": [], "history_from": 0, "rows_written": 0,
+            "versions_dropped": 0, "retired": []}
 
 
 def _iso(us: int | None) -> str | None:
     if us is None:
         return None
     return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=us)).isoformat()
+
+
+def time_ranges(table: pa.Table, columns: Iterable[str]) -> dict[str, list[int]]:
+    """Each time column's [min, max] in µs (columns with no values left out): a file's pruning bounds."""
+    ranges = {}
+    for col in columns:
+        mm = pc.min_max(table.column(col))
+        if mm["min"].is_valid:
+            ranges[col] = [mm["min"].cast(pa.int64()).as_py(), mm["max"].cast(pa.int64()).as_py()]
+    return ranges
 
 
 def version_file(version: int) -> str:
@@ -63,6 +90,7 @@ class SeriesStore:
 
     def __init__(self, root: str | Path, store: StateStore) -> None:
         self.root, self.store = Path(root), store
+        self.written: set[str] = set()  # series this process wrote: what the runner consolidates
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -100,13 +128,7 @@ class SeriesStore:
         version = txn.meta.get(f"series/{name}", self.version(name)) + 1
         d = self.dir(name)
         meta, _ = series_meta(d)
-        ranges = {}
-        for col in meta["time_columns"]:
-            arr = table.column(col)
-            mm = pc.min_max(arr)
-            lo, hi = mm["min"], mm["max"]
-            if lo.is_valid:
-                ranges[col] = [lo.cast(pa.int64()).as_py(), hi.cast(pa.int64()).as_py()]
+        ranges = time_ranges(table, meta["time_columns"])
         out = table.append_column("_version", pa.array([version] * table.num_rows, pa.int64()))
         path = d / version_file(version)
         _write_parquet(out, path)
@@ -123,11 +145,24 @@ class SeriesStore:
         txn.put(self._prefix(name) + u64(version), json.dumps(entry).encode())
         txn.put_meta(f"series/{name}", version)
         txn.after_commit.append(lambda: _append_entry(d, entry))
+        self.written.add(name)
         return entry
 
     def entries(self, name: str) -> list[dict[str, Any]]:
+        """The tail: versions after the base, each still its own file."""
         p = self._prefix(name)
         return [json.loads(v) for _, v in self.store.scan(p, prefix_end(p))]
+
+    def base(self, name: str) -> dict[str, Any]:
+        raw = self.store.db.get(key_prefix(b"b", name))
+        return empty_base() if raw is None else json.loads(raw)
+
+    def put_base(self, txn: Txn, name: str, base: dict[str, Any]) -> None:
+        """Commit a new base: its entry replaces the tail entries of the versions it folded in."""
+        p = self._prefix(name)
+        txn.put(key_prefix(b"b", name), json.dumps(base).encode())
+        txn.delete_range(p, p + u64(base["version"] + 1))
+        txn.after_commit.append(lambda: self._sync_log(name))
 
     def recover(self) -> None:
         """Make every series folder match RocksDB: rewrite logs, delete files of uncommitted versions."""
@@ -135,29 +170,35 @@ class SeriesStore:
             self._sync_log(d.name)
 
     def _sync_log(self, name: str) -> None:
-        """Rewrite one series' log and head from RocksDB; delete Parquet files no entry names."""
+        """Rewrite one series' base, log and head from RocksDB (in that order, so a reader that meets a
+        mix sees the versions disagree and reads again); delete data files nothing names."""
         d = self.dir(name)
-        entries = self.entries(name)
-        keep = {e["file"] for e in entries}
+        entries, base = self.entries(name), self.base(name)
+        keep = {e["file"] for e in [*entries, *base["files"], *base["history"], *base["retired"]]}
+        versions = entries[-1]["version"] if entries else base["version"]
+        write_sealed_json(d / BASE, base)
         write_atomic(d / LOG, b"".join(sealed_line(e) for e in entries))
-        write_sealed_json(d / HEAD, {"versions": len(entries)})
-        for f in d.glob("v*.parquet*"):
-            if f.name not in keep:
+        write_sealed_json(d / HEAD, {"versions": versions, "base": base["version"], "gen": base["gen"]})
+        for f in d.glob("*.parquet*"):
+            if f.name[:1] in DATA_FILE_PREFIXES and f.name not in keep:
                 safe_remove(self.root, f)
 
     def drop(self, txn: Txn, name: str) -> None:
         p = self._prefix(name)
         d = self.dir(name)
         txn.delete_range(p, prefix_end(p))
+        b = key_prefix(b"b", name)
+        txn.delete_range(b, prefix_end(b))
         txn.put_meta(f"series/{name}", 0)
         txn.after_commit.append(lambda: safe_remove(self.root, d))
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def _write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
     """Write durably under a temporary name, then rename (page checksums let readers detect damage)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression="zstd", write_page_checksum=True)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP, compression="zstd", write_page_checksum=True,
+                       **options)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -168,28 +209,69 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 def _append_entry(d: Path, entry: dict[str, Any]) -> None:
     """Log first, then the head: a crash in between leaves one entry more than the head, never fewer."""
     append_line(d / LOG, sealed_line(entry))
-    write_sealed_json(d / HEAD, {"versions": entry["version"]})
+    head = read_json(d / HEAD)
+    write_sealed_json(d / HEAD, {**head, "versions": entry["version"]})
 
 
-def read_head(d: Path) -> int:
-    """How many versions the log must hold."""
+@dataclass
+class Snapshot:
+    """One consistent view of a series: its base (versions 1..base.version folded) and its tail."""
+
+    base: dict[str, Any]
+    tail: list[dict[str, Any]]
+
+    @property
+    def versions(self) -> int:
+        return self.tail[-1]["version"] if self.tail else self.base["version"]
+
+    @property
+    def rows_written(self) -> int:
+        return self.base["rows_written"] + sum(e["rows"] for e in self.tail)
+
+    @property
+    def files(self) -> int:
+        """Data files a latest-version query may open (base and tail; history only for old versions)."""
+        return len(self.base["files"]) + len(self.tail)
+
+    @property
+    def last_written_at(self) -> str | None:
+        return self.tail[-1]["written_at"] if self.tail else self.base.get("written_at")
+
+
+class _Moved(Exception):
+    """The files changed under the reader (a consolidation publishing): read again."""
+
+
+def read_snapshot(d: Path) -> Snapshot:
+    """The base and tail of series folder `d`, verified and consistent with each other."""
+    for _ in range(RETRY):
+        try:
+            return _read_snapshot(d)
+        except _Moved:
+            time.sleep(0.005)
+    raise damaged(d / HEAD, f"{HEAD}, {BASE} and {LOG} kept disagreeing about which versions they hold")
+
+
+def _read_snapshot(d: Path) -> Snapshot:
     if not (d / HEAD).exists():
         raise damaged(d / HEAD, "missing; a series written by an older pondstream has none yet")
-    head = read_json(d / HEAD)
-    n = head.get("versions") if head else None
-    if not isinstance(n, int) or n < 0:
+    head = read_json(d / HEAD)  # the head first: a concurrent append writes the log first, then the head
+    n, b = head.get("versions"), head.get("base", 0)
+    if not isinstance(n, int) or not isinstance(b, int) or not 0 <= b <= n:
         raise damaged(d / HEAD, "no version count")
-    return n
+    base = read_json(d / BASE) if b else empty_base()
+    if base.get("version") != b or base.get("gen", 0) != head.get("gen", 0):
+        raise _Moved
+    return Snapshot(base, _read_log(d, b, n))
 
 
-def read_log(d: Path) -> list[dict[str, Any]]:
-    """Committed entries, verified: each line's checksum, versions 1..N in order, and at least as many
-    as `_head.json` records. A torn last line beyond that count (a crash mid-append) is ignored."""
-    n = read_head(d)  # the head first: a concurrent append writes the log first, then the head
+def _read_log(d: Path, b: int, n: int) -> list[dict[str, Any]]:
+    """Tail entries b+1..n, verified: each line's checksum, versions in order, at least n - b of them.
+    A torn last line beyond that count (a crash mid-append) is ignored."""
     try:
         data = (d / LOG).read_bytes()
     except FileNotFoundError:
-        if n == 0:
+        if n == b:
             return []
         raise damaged(d / LOG, f"missing, but {HEAD} records {n} versions") from None
     lines = data.split(b"\n")
@@ -198,17 +280,25 @@ def read_log(d: Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
         e = unseal(line)
-        if e is None or e.get("version") != len(out) + 1 or e.get("file") != version_file(len(out) + 1):
+        want = b + len(out) + 1
+        if e is not None and not out and e.get("version") != want and e.get("file", "").startswith("v"):
+            raise _Moved  # a log rewritten by a consolidation the head does not show yet (or the reverse)
+        if e is None or e.get("version") != want or e.get("file") != version_file(want):
             if i < len(lines) - 1:
                 raise damaged(d / LOG, f"line {i + 1} is garbled or out of order")
-            if len(out) >= n:
+            if len(out) >= n - b:
                 break
-            raise damaged(d / LOG, f"cut short or garbled at its end: {len(out)} whole entries of the {n} "
+            raise damaged(d / LOG, f"cut short or garbled at its end: {len(out)} whole entries of the {n - b} "
                           f"versions {HEAD} records")
         out.append(e)
-    if len(out) < n:
-        raise damaged(d / LOG, f"cut short: it holds {len(out)} of the {n} versions {HEAD} records")
+    if len(out) < n - b:
+        raise damaged(d / LOG, f"cut short: it holds {len(out)} of the {n - b} versions {HEAD} records")
     return out
+
+
+def read_log(d: Path) -> list[dict[str, Any]]:
+    """The tail entries of series folder `d` (versions not yet consolidated)."""
+    return read_snapshot(d).tail
 
 
 def series_meta(d: Path) -> tuple[dict[str, Any], pa.Schema]:

@@ -2,7 +2,7 @@
 are opened (the log's min/max become each file's partition expression); Parquet statistics prune inside.
 
 When a later version rewrote a window and key, the table keeps only the latest row for each (identity
-columns, highest `_version`); `as_of` restricts the files to versions <= N first.
+columns, highest `_version`); `as_of` reads the series as it was at version N.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from datafusion import SessionContext, SQLOptions
 
-from pondstream.state.series import read_log, series_meta
+from pondstream.state.consolidate import SUPERSEDED_BY
+from pondstream.state.errors import EngineError
+from pondstream.state.series import read_snapshot, series_meta
 
 TS = pa.timestamp("us")
 # Queries only read: no COPY ... TO, CREATE EXTERNAL TABLE, INSERT, SET, PREPARE.
@@ -35,12 +37,9 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def dataset(series_dir: Path, as_of: int | None = None) -> tuple[ds.Dataset | None, list[dict], pa.Schema]:
-    meta, schema = series_meta(series_dir)
-    file_schema = schema.append(pa.field("_version", pa.int64()))
-    entries = [e for e in read_log(series_dir) if as_of is None or e["version"] <= as_of]
-    if not entries:
-        return None, entries, file_schema
+def _dataset(series_dir: Path, entries: list[dict[str, Any]], schema: pa.Schema) -> ds.Dataset:
+    """The files of `entries` as one dataset; each file's time ranges are its partition expression, so a
+    query's time predicate skips files without opening them."""
     parts = []
     for e in entries:
         expr = ds.scalar(True)
@@ -48,32 +47,66 @@ def dataset(series_dir: Path, as_of: int | None = None) -> tuple[ds.Dataset | No
             lo_s, hi_s = pa.scalar(lo, pa.int64()).cast(TS), pa.scalar(hi, pa.int64()).cast(TS)
             expr = expr & (ds.field(col) >= lo_s) & (ds.field(col) <= hi_s)
         parts.append(expr)
-    dset = ds.FileSystemDataset.from_paths(
-        [str(series_dir / e["file"]) for e in entries], schema=file_schema, format=PARQUET,
+    return ds.FileSystemDataset.from_paths(
+        [str(series_dir / e["file"]) for e in entries], schema=schema, format=PARQUET,
         filesystem=pafs.LocalFileSystem(), partitions=parts,
     )
-    return dset, entries, file_schema
 
 
 def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int | None = None) -> None:
     """Register `name` (exactly, case kept) in `ctx`: the latest row per identity, or as of `as_of`.
 
-    The raw files go in as `"__raw:<name>"`: a colon cannot appear in a series name, so no raw table
+    A series is a base (one row per identity, consolidated), history (rows later versions replaced) and a
+    tail of versions not yet consolidated. Latest: the base rows no tail row replaces, plus the newest tail
+    row of each identity. As of n below the base: base and history rows valid at n
+    (`_version <= n < _superseded_by`), which are one per identity by construction.
+
+    The files go in as `"__raw:<name>:<part>"`: a colon cannot appear in a series name, so no raw table
     can shadow a view."""
     meta, schema = series_meta(series_dir)
-    dset, entries, file_schema = dataset(series_dir, as_of)
-    raw = quote(f"__raw:{name}")
-    if dset is None:
-        ctx.register_record_batches(raw, [[pa.RecordBatch.from_pylist([], file_schema)]])
-    else:
-        ctx.register_dataset(raw, dset)
-    cols = ", ".join(quote(c) for c in visible_columns(meta, schema))
+    snap = read_snapshot(series_dir)
+    base = snap.base
+    if as_of is not None and as_of < base["history_from"]:
+        raise EngineError(f"version {as_of} of {name} is no longer kept: rows it replaced were dropped after "
+                          f"history_retention; the oldest readable version is {base['history_from']}")
+    file_schema = schema.append(pa.field("_version", pa.int64()))
+    names = ", ".join(quote(c) for c in file_schema.names)
     identity = meta.get("identity") or []
-    if identity and any(e.get("supersedes") for e in entries):
-        part = ", ".join(quote(c) for c in identity)
-        sql = (f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY _version DESC) "
-               f"AS __rn FROM {raw}) WHERE __rn = 1")
+    old = as_of is not None and as_of < base["version"]
+    files = [f for f in base["files"] if not old or f["versions"][0] <= as_of]
+    tail = [e for e in snap.tail if as_of is None or e["version"] <= as_of]
+
+    def table(part: str, entries: list[dict[str, Any]], schema: pa.Schema) -> str:
+        raw = quote(f"__raw:{name}:{part}")
+        ctx.register_dataset(raw, _dataset(series_dir, entries, schema))
+        return raw
+
+    below = [f"SELECT {names} FROM {table('base', files, file_schema)}" + (f" WHERE _version <= {as_of}" if old
+                                                                            else "")] if files else []
+    history = [h for h in base["history"] if old and h["versions"][0] <= as_of and h["superseded"][1] > as_of]
+    if history:
+        hist_schema = file_schema.append(pa.field(SUPERSEDED_BY, pa.int64()))
+        below.append(f"SELECT {names} FROM {table('history', history, hist_schema)} "
+                     f"WHERE _version <= {as_of} AND {SUPERSEDED_BY} > {as_of}")
+    parts = [" UNION ALL ".join(below)] if below else []
+    if tail:
+        raw_tail = table("tail", tail, file_schema)
+        if identity and any(e.get("supersedes") for e in tail):
+            ids = ", ".join(quote(c) for c in identity)
+            if parts:
+                same = " AND ".join(f"(b.{quote(c)} IS NOT DISTINCT FROM t.{quote(c)})" for c in identity)
+                parts = [f"SELECT {names} FROM ({parts[0]}) b WHERE NOT EXISTS (SELECT 1 FROM {raw_tail} t "
+                         f"WHERE {same})"]
+            parts.append(f"SELECT {names} FROM (SELECT *, row_number() OVER (PARTITION BY {ids} ORDER BY "
+                         f"_version DESC) AS __rn FROM {raw_tail}) WHERE __rn = 1")
+        else:
+            parts.append(f"SELECT {names} FROM {raw_tail}")
+    cols = ", ".join(quote(c) for c in visible_columns(meta, schema))
+    if parts:
+        sql = f"SELECT {cols} FROM ({' UNION ALL '.join(parts)})"
     else:
+        raw = quote(f"__raw:{name}:empty")
+        ctx.register_record_batches(raw, [[pa.RecordBatch.from_pylist([], file_schema)]])
         sql = f"SELECT {cols} FROM {raw}"
     ctx.register_view(quote(name), ctx.sql_with_options(sql, READ_ONLY))
 
@@ -81,7 +114,8 @@ def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int
 def damaged_file(series_dir: Path) -> tuple[Path, str] | None:
     """The first Parquet file of the series that its log entry does not vouch for (size, or a full read
     with page checksums verified), and why. Run only after a query failed: it reads every file."""
-    for e in read_log(series_dir):
+    snap = read_snapshot(series_dir)
+    for e in [*snap.base["files"], *snap.base["history"], *snap.tail]:
         path = series_dir / e["file"]
         try:
             if path.stat().st_size != e["bytes"]:
