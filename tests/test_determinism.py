@@ -6,7 +6,6 @@ watermark formed by the events read before it: max event time so far minus the d
 from __future__ import annotations
 
 import json
-
 import random
 from datetime import datetime, timedelta
 
