@@ -28,7 +28,8 @@ def _hourly_files(tmp_path, hours: int) -> Engine:
     return e
 
 
-def test_time_range_query_opens_only_overlapping_files(tmp_path):
+def test_time_range_query_opens_only_overlapping_files(tmp_path, monkeypatch):
+    monkeypatch.setattr("pondstream.state.consolidate.MIN_TAIL", 10**9)  # a tail of hundreds of files
     e = _hourly_files(tmp_path, 300)
     series = tmp_path / "state" / "series" / "hourly_sales"
     log = [json.loads(x) for x in (series / "_log.jsonl").read_text().splitlines()]
