@@ -18,6 +18,7 @@ import sqlglot
 from datafusion import SessionContext
 from sqlglot import exp
 
+from pondstream.engine.query_functions import query_context
 from pondstream.sql import (
     CreateStream,
     CreateView,
@@ -318,7 +319,7 @@ class Engine:
 
         `FROM view VERSION AS OF n` reads one view as it was at version n."""
         check_limits(sql)
-        ctx = SessionContext()
+        ctx = query_context()
         names = self.series_names()
         try:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
@@ -414,7 +415,7 @@ class Engine:
             conds.append(f"{quote(tcol)} {op} ${key}")
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = [quote(c) for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)]
-        ctx = SessionContext()
+        ctx = query_context()
         register_series(ctx, real, d)
         sql = f"SELECT * FROM {quote(real)}{where}" + (f" ORDER BY {', '.join(order)}" if order else "")
         return self._run(ctx, sql, names, params or None, used={real})

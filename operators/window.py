@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pondstream.sql.planner import WindowSpec
+from pondstream.sql.windows import WindowSpec
 
 
 def assign(ts_us: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray | None, np.ndarray]:
@@ -25,13 +25,25 @@ def assign(ts_us: np.ndarray, spec: WindowSpec) -> tuple[np.ndarray | None, np.n
         nth = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         end = start[rows] + (first_k[rows] + nth) * spec.slide_us
         return rows, end - spec.size_us
-    base = ts_us - np.mod(ts_us, spec.slide_us)
+    base = latest_start(ts_us, spec)
     if spec.kind == "tumble":
         return None, base
     k = spec.per_event
     rows = np.repeat(np.arange(len(ts_us), dtype=np.int64), k)
     steps = np.tile(np.arange(k, dtype=np.int64) * spec.slide_us, len(ts_us))
     return rows, base[rows] - steps
+
+
+def latest_start(ts_us: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """The start of the latest TUMBLE or HOP window holding each event: the last slide boundary at or
+    before it (floor, also before 1970). `assign` derives every window from it, and the query functions
+    TUMBLE_START/HOP_START call it, so a query labels an event with the window a view gives it."""
+    return ts_us - np.mod(ts_us, spec.slide_us)
+
+
+def window_end(window_id: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """A window's end from its id (its start, for TUMBLE and HOP); windows are half-open [start, end)."""
+    return window_id + spec.size_us
 
 
 def true_start(window_id: np.ndarray, spec: WindowSpec) -> np.ndarray:

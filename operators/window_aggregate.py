@@ -12,7 +12,7 @@ from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.partials import first_partials
 from pondstream.operators.running import batch_partials
 from pondstream.operators.session import session_bounds, sessionize
-from pondstream.operators.window import assign, true_start
+from pondstream.operators.window import assign, true_start, window_end
 from pondstream.sql.planner import ViewPlan, session
 
 
@@ -105,7 +105,7 @@ class WindowAggregate:
             start, end = session_bounds(merged, self.plan)
         else:
             wid = merged.column("__ws").combine_chunks().cast(pa.int64()).to_numpy()
-            start, end = true_start(wid, spec), wid + spec.size_us
+            start, end = true_start(wid, spec), window_end(wid, spec)
         win = merged.set_column(0, "__ws", pa.array(start).cast(pa.timestamp("us")))
         win = win.append_column("__we", pa.array(end).cast(pa.timestamp("us")))
         out, failed = self._isolated(self.plan.final_sql, "__win", win)

@@ -67,6 +67,22 @@ def duration_us(text: str, allow_zero: bool = False) -> int:
     return us
 
 
+def month_day_nano_us(months: int, days: int, nanos: int) -> int:
+    """An interval as DataFusion hands it to a function (months, days, nanoseconds) in µs, refused where a
+    view refuses the same INTERVAL: months and years have no fixed length; it must be positive and at most
+    100 years. A day is 24 hours (timestamps are UTC) and a fraction of a µs rounds as parse_duration's."""
+    parts = [(Decimal(months), "month"), (Decimal(days), "day"), (Decimal(nanos).scaleb(-9).normalize(), "second")]
+    shown = " ".join(f"{n:f} {unit}{'' if abs(n) == 1 else 's'}" for n, unit in parts if n) or "0 seconds"
+    if months:
+        raise ValueError(f"interval {shown!r} has months or years, which have no fixed length")
+    us = int((Decimal(days * _UNITS_US["day"] * 1000 + nanos) / 1000).to_integral_value())
+    if abs(us) > MAX_US:
+        raise ValueError(f"interval {shown!r} is too long (at most 100 years)")
+    if us <= 0:
+        raise ValueError(f"interval must be positive, got {shown!r}")
+    return us
+
+
 def _interval_text(node: exp.Expression) -> str:
     """'<value> <unit>' of an INTERVAL node, or the text of a string literal; ValueError for anything else."""
     if isinstance(node, exp.Interval):

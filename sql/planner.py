@@ -22,33 +22,17 @@ from pondstream.sql.intervals import interval_us, option_duration
 from pondstream.sql.names import object_name
 from pondstream.sql.options import sink_servers_problem
 from pondstream.sql.statements import CreateStream, CreateView
+from pondstream.sql.windows import WindowSpec, window_spec
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
 BOUND_FUNCS = {"TUMBLE_START": ("tumble", "start"), "TUMBLE_END": ("tumble", "end"),
                "HOP_START": ("hop", "start"), "HOP_END": ("hop", "end"),
                "SESSION_START": ("session", "start"), "SESSION_END": ("session", "end")}
 WINDOW_ARGS = {"TUMBLE": 2, "HOP": 3, "SESSION": 2}
-MAX_FAN_OUT = 1000  # HOP / CUMULATE windows one event falls in
 AGG_HINT = ("supported aggregates: COUNT(*), COUNT(x), COUNT(DISTINCT x), SUM, MIN, MAX, AVG, STDDEV(_POP|_SAMP), "
             "VARIANCE, VAR_POP, VAR_SAMP, BOOL_AND, BOOL_OR, FIRST_VALUE, LAST_VALUE, APPROX_DISTINCT")
 VARIANCE = {exp.Stddev: ("samp", True), exp.StddevSamp: ("samp", True), exp.StddevPop: ("pop", True),
             exp.Variance: ("samp", False), exp.VariancePop: ("pop", False)}
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    """TUMBLE(size), HOP(slide, size) or CUMULATE(step = slide, max size = size).
-
-    Internally a window is identified by `end - size` (for TUMBLE and HOP that is its start); CUMULATE
-    windows share a start and differ in end, so their true start is derived when rows are emitted."""
-
-    kind: str  # "tumble" | "hop" | "cumulate" | "session" | "running" (no window: GROUP BY keys only)
-    size_us: int
-    slide_us: int
-
-    @property
-    def per_event(self) -> int:
-        return self.size_us // self.slide_us
 
 
 @dataclass(frozen=True)
@@ -166,19 +150,10 @@ class _Planner:
 
     # -- windows -----------------------------------------------------------------------------------
     def _window_spec(self, kind: str, sizes: list[exp.Expression], node: exp.Expression) -> WindowSpec:
-        if kind in ("tumble", "session"):
-            size = interval_us(sizes[0])
-            return WindowSpec(kind, size, size)
-        slide, size = interval_us(sizes[0]), interval_us(sizes[1])
-        if size % slide:
-            name = "HOP size must be a whole multiple of its slide" if kind == "hop" else \
-                "CUMULATE max_size must be a whole multiple of its step"
-            raise at(node, name, "e.g. HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' HOUR)" if kind == "hop"
-                     else "e.g. CUMULATE(TABLE s, DESCRIPTOR(ts), INTERVAL '1' HOUR, INTERVAL '1' DAY)")
-        if size // slide > MAX_FAN_OUT:  # each event is in size/slide windows: state and work grow with it
-            raise at(node, f"{kind.upper()} size / slide is {size // slide}, more than {MAX_FAN_OUT} windows per event",
-                     "use a larger slide (step) or a smaller size")
-        return WindowSpec(kind, size, slide)
+        try:
+            return window_spec(kind, [interval_us(s) for s in sizes])
+        except SqlError as e:
+            raise at(node, e.message, e.hint) if e.line is None else e from None
 
     def _check_session_keys(self, keys: list[exp.Expression]) -> None:
         """TVF sessions are per their PARTITION BY keys, which must also be the view's group keys."""
