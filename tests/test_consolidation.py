@@ -233,5 +233,22 @@ COUNT(*) AS n FROM orders GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR), custom
     assert json.loads((state / "series" / "hourly" / "_head.json").read_text().rsplit(', "crc"', 1)[0] + "}")
 
 
+def test_readme_duckdb_query_over_the_folder_matches(tmp_path):
+    """The README's DuckDB one-liner over every file of a series folder (base, history, tail, and files
+    still in their grace period) gives the latest rows, as queries do."""
+    series = open_series(tmp_path)
+    written: set = set()
+    write_versions(series, 9, 1, 40, written)
+    consolidate(series, "s", now=time.time())
+    write_versions(series, 9, 41, 45, written)
+    folder = series.dir("s")
+    assert list(folder.glob("h*.parquet")) and list(folder.glob("b*.parquet"))
+    got = duckdb.sql(f"SELECT * EXCLUDE (_version, _superseded_by, rn) FROM (SELECT *, row_number() OVER "
+                     f"(PARTITION BY w, k ORDER BY _version DESC) AS rn FROM read_parquet('{folder}/*.parquet', "
+                     f"union_by_name = true)) WHERE rn = 1").to_arrow_table()
+    assert canon(got) == query(series, "SELECT w, k, x FROM s") == canon(reference(9, 45).to_arrow_table())
+    series.store.close()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
