@@ -174,6 +174,8 @@ class Runner:
         self.progress = Progress()
         self.epoch = int(store.get_meta("epoch", 0))
         self.groups = self._groups()
+        self._consolidation: threading.Thread | None = None
+        self._consolidation_error: Exception | None = None
 
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
@@ -240,6 +242,7 @@ class Runner:
                 break
             if not got:
                 stop.wait(0.05)
+        self._join_consolidation(wait=True)
         for g in self.groups:
             g.source.close()
         return self.progress
@@ -333,19 +336,41 @@ class Runner:
             self.on_progress(self.progress)
 
     def _consolidate(self) -> None:
-        """Fold the longest due tail of the series this run writes into its base: one series per
-        checkpoint, so the work per checkpoint stays bounded. Versions a view over that view or a sink
-        has not read yet stay in the tail."""
+        """Start folding the longest due tail of the series this run writes into its base, on a thread of
+        its own (rewriting large files takes longer than a checkpoint should): one series at a time.
+        Versions a view over that view or a sink has not read yet stay in the tail."""
+        self._join_consolidation(wait=False)
+        if self._consolidation is not None:
+            return
         held = pins(self.catalog, self.store)
         due_tails = []
         for name in sorted(self.series.written):
             tail = [e for e in self.series.entries(name) if e["version"] <= held.get(name, NO_PIN)]
             if due(tail):
                 due_tails.append((len(tail), name))
-        if due_tails:
-            name = max(due_tails)[1]
-            consolidate(self.series, name, held.get(name), retention_us(self.catalog, name))
-            self.progress.consolidations += 1
+        if not due_tails:
+            return
+        name = max(due_tails)[1]
+        args = (self.series, name, held.get(name), retention_us(self.catalog, name))
+
+        def work() -> None:
+            try:
+                consolidate(*args)
+            except Exception as e:  # noqa: BLE001 - reported on the main thread at the next checkpoint
+                self._consolidation_error = e
+        self._consolidation = threading.Thread(target=work, name=f"consolidate {name}", daemon=True)
+        self._consolidation.start()
+        self.progress.consolidations += 1
+
+    def _join_consolidation(self, wait: bool) -> None:
+        """Collect a finished consolidation (or wait for it); its failure stops the run like any write."""
+        t = self._consolidation
+        if t is not None and (wait or not t.is_alive()):
+            t.join()
+            self._consolidation = None
+            if self._consolidation_error is not None:
+                e, self._consolidation_error = self._consolidation_error, None
+                raise e
 
     def _flush_running(self, txn: Txn, g: Group, v: ViewRun) -> None:
         """No window: state per key in RocksDB, sharded into BUCKETS, each a list of delta runs (the

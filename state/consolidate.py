@@ -80,6 +80,7 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
 
     gone = [*touched, *tail, *expired]
     retired = [r for r in base["retired"] if r["retired_at"] >= now - GRACE_S]
+    deleted = [r["file"] for r in base["retired"] if r["retired_at"] < now - GRACE_S]
     retired += [{"file": f["file"], "retired_at": now} for f in gone]
     new = {
         "version": tail[-1]["version"] if tail else base["version"], "gen": gen, "files": files,
@@ -90,8 +91,8 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
         "retired": retired,
     }
     txn = Txn()
-    series.put_base(txn, name, new)
-    series.store.commit(txn)  # then the folder is rewritten from RocksDB, and expired files deleted
+    series.put_base(txn, name, new, deleted)
+    series.store.commit(txn)  # then the folder is rewritten from RocksDB, and files past their grace deleted
     return new
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class SeriesStore:
     def __init__(self, root: str | Path, store: StateStore) -> None:
         self.root, self.store = Path(root), store
         self.written: set[str] = set()  # series this process wrote: what the runner consolidates
+        self.lock = threading.Lock()  # the folder's log and head are rewritten by one thread at a time
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -144,7 +146,7 @@ class SeriesStore:
         }
         txn.put(self._prefix(name) + u64(version), json.dumps(entry).encode())
         txn.put_meta(f"series/{name}", version)
-        txn.after_commit.append(lambda: _append_entry(d, entry))
+        txn.after_commit.append(lambda: self._append(d, entry))
         self.written.add(name)
         return entry
 
@@ -157,12 +159,40 @@ class SeriesStore:
         raw = self.store.db.get(key_prefix(b"b", name))
         return empty_base() if raw is None else json.loads(raw)
 
-    def put_base(self, txn: Txn, name: str, base: dict[str, Any]) -> None:
-        """Commit a new base: its entry replaces the tail entries of the versions it folded in."""
+    def put_base(self, txn: Txn, name: str, base: dict[str, Any], expired: list[str]) -> None:
+        """Commit a new base: its entry replaces the tail entries of the versions it folded in. Once it
+        is durable the folder is rewritten to match and the `expired` files (nothing names them) go.
+
+        A consolidation may run on another thread while checkpoints append versions: both publish
+        under `lock`, an append the rewrite already holds is skipped, and nothing is swept by pattern
+        (a version file of a checkpoint not yet committed must survive)."""
         p = self._prefix(name)
         txn.put(key_prefix(b"b", name), json.dumps(base).encode())
         txn.delete_range(p, p + u64(base["version"] + 1))
-        txn.after_commit.append(lambda: self._sync_log(name))
+
+        def publish() -> None:
+            with self.lock:
+                self._publish(name, self.entries(name), self.base(name))
+            for f in expired:
+                safe_remove(self.root, self.dir(name) / f)
+        txn.after_commit.append(publish)
+
+    def _append(self, d: Path, entry: dict[str, Any]) -> None:
+        """Log first, then the head: a crash in between leaves one entry more than the head, never fewer."""
+        with self.lock:
+            head = read_json(d / HEAD)
+            if head.get("versions", 0) >= entry["version"]:
+                return  # a consolidation publishing in between already wrote it
+            append_line(d / LOG, sealed_line(entry))
+            write_sealed_json(d / HEAD, {**head, "versions": entry["version"]})
+
+    def _publish(self, name: str, entries: list[dict[str, Any]], base: dict[str, Any]) -> None:
+        """Base, log, then head (so a reader that meets a mix sees the versions disagree and reads again)."""
+        d = self.dir(name)
+        versions = entries[-1]["version"] if entries else base["version"]
+        write_sealed_json(d / BASE, base)
+        write_atomic(d / LOG, b"".join(sealed_line(e) for e in entries))
+        write_sealed_json(d / HEAD, {"versions": versions, "base": base["version"], "gen": base["gen"]})
 
     def recover(self) -> None:
         """Make every series folder match RocksDB: rewrite logs, delete files of uncommitted versions."""
@@ -170,15 +200,12 @@ class SeriesStore:
             self._sync_log(d.name)
 
     def _sync_log(self, name: str) -> None:
-        """Rewrite one series' base, log and head from RocksDB (in that order, so a reader that meets a
-        mix sees the versions disagree and reads again); delete data files nothing names."""
+        """Rewrite one series' base, log and head from RocksDB; delete data files nothing names (at
+        start-up, when nothing else writes)."""
         d = self.dir(name)
         entries, base = self.entries(name), self.base(name)
         keep = {e["file"] for e in [*entries, *base["files"], *base["history"], *base["retired"]]}
-        versions = entries[-1]["version"] if entries else base["version"]
-        write_sealed_json(d / BASE, base)
-        write_atomic(d / LOG, b"".join(sealed_line(e) for e in entries))
-        write_sealed_json(d / HEAD, {"versions": versions, "base": base["version"], "gen": base["gen"]})
+        self._publish(name, entries, base)
         for f in d.glob("*.parquet*"):
             if f.name[:1] in DATA_FILE_PREFIXES and f.name not in keep:
                 safe_remove(self.root, f)
@@ -204,13 +231,6 @@ def _write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise write_failed(path, e) from None
-
-
-def _append_entry(d: Path, entry: dict[str, Any]) -> None:
-    """Log first, then the head: a crash in between leaves one entry more than the head, never fewer."""
-    append_line(d / LOG, sealed_line(entry))
-    head = read_json(d / HEAD)
-    write_sealed_json(d / HEAD, {**head, "versions": entry["version"]})
 
 
 @dataclass

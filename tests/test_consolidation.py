@@ -233,6 +233,46 @@ COUNT(*) AS n FROM orders GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR), custom
     assert json.loads((state / "series" / "hourly" / "_head.json").read_text().rsplit(', "crc"', 1)[0] + "}")
 
 
+def test_consolidating_on_a_thread_while_versions_are_written_and_read(tmp_path, monkeypatch):
+    """As in `pondstream run`: checkpoints append versions on one thread, consolidation commits and
+    publishes on another, a reader queries all along; no reader sees damage, nothing is lost."""
+    import threading
+
+    monkeypatch.setattr("pondstream.state.consolidate.TARGET_BYTES", 5_000)
+    series = open_series(tmp_path)
+    written: set = set()
+    done = threading.Event()
+    errors: list[Exception] = []
+
+    def consolidating() -> None:
+        while not done.is_set():
+            try:
+                consolidate(series, "s", now=time.time())
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    def reading() -> None:
+        while not done.is_set():
+            try:
+                query(series, "SELECT COUNT(*) FROM s")
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+    threads = [threading.Thread(target=consolidating), threading.Thread(target=reading)]
+    for t in threads:
+        t.start()
+    for v in range(1, 301, 5):
+        write_versions(series, 13, v, v + 4, written)
+    done.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    consolidate(series, "s", now=time.time())
+    assert read_snapshot(series.dir("s")).base["version"] == 300
+    assert query(series, "SELECT w, k, x FROM s") == canon(reference(13, 300).to_arrow_table())
+    series.store.close()
+
+
 def test_readme_duckdb_query_over_the_folder_matches(tmp_path):
     """The README's DuckDB one-liner over every file of a series folder (base, history, tail, and files
     still in their grace period) gives the latest rows, as queries do."""
