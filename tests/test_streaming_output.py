@@ -219,6 +219,15 @@ def test_json_lines_read_back_as_python_json_writes_them():
     assert "\u2028" not in text and "\u0085" not in text and "é" in text
 
 
+@pytest.mark.parametrize("view", VIEWS)
+def test_json_lines_are_the_bytes_python_json_writes(state, view):
+    """For the values views hold, the column-wise encoder writes what json.dumps wrote row by row."""
+    table = Engine(state).cat(view)
+    want = "".join(json.dumps({k: iso(v) if isinstance(v, datetime) else v for k, v in r.items()}) + "\n"
+                   for r in table.to_pylist())
+    assert render(table, "json") == want
+
+
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
 def test_timestamps_as_iso_text_match_python(unit):
     step = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
