@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import sqlglot
 from datafusion import SessionContext
+from datafusion.record_batch import RecordBatchStream
 from sqlglot import exp
 
 from pondstream.engine.query_functions import query_context
+from pondstream.engine.streams import guard_exit, overlaps, pieces
 from pondstream.sql import (
     CreateStream,
     CreateView,
@@ -330,9 +332,14 @@ class Engine:
         return matches[0] if len(matches) == 1 else None
 
     def query(self, sql: str, as_of_version: int | None = None) -> pa.Table:
+        """The whole result of `query_stream` as one table (for results that fit in memory)."""
+        return self.query_stream(sql, as_of_version).read_all()
+
+    def query_stream(self, sql: str, as_of_version: int | None = None) -> pa.RecordBatchReader:
         """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
-        `FROM view VERSION AS OF n` reads one view as it was at version n."""
+        `FROM view VERSION AS OF n` reads one view as it was at version n.
+        Batches are computed as they are read; closing the reader early stops the query."""
         check_limits(sql)
         ctx = query_context()
         names = self.series_names()
@@ -384,33 +391,74 @@ class Engine:
         return self._run(ctx, text, names, used=set(registered.values()))
 
     def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None,
-             used: Iterable[str] = ()) -> pa.Table:
-        """Plan read-only and execute; DataFusion's refusals and failures become EngineErrors (naming the
-        damaged Parquet file of a series in `used`, if that is why it failed)."""
+             used: Iterable[str] = ()) -> pa.RecordBatchReader:
+        """Plan read-only and start executing; DataFusion's refusals and failures, when planning and while
+        the batches are read, become EngineErrors (naming the damaged Parquet file of a series in `used`,
+        if that is why it failed)."""
+        used = set(used)
+        guard_exit()
         try:
-            return ctx.sql_with_options(sql, READ_ONLY, param_values=params).to_arrow_table()
+            df = ctx.sql_with_options(sql, READ_ONLY, param_values=params)
+            schema = df.schema()
+            stream = df.execute_stream()
         except EngineError:
             raise
         except Exception as e:
-            msg = str(e).split("\n")[0]
-            if any(w in msg for w in ("DML not supported", "DDL not supported", "Statement not supported")):
-                raise EngineError(f"queries are read-only: {msg.split(': ', 1)[-1]} is not allowed.\n"
-                                  "  hint: query runs SELECT (and EXPLAIN, DESCRIBE, SHOW); views change only "
-                                  "through `pondstream run`") from None
-            hint = ""
-            if "not found" in msg:
-                hint = f"\n  hint: queryable tables: {', '.join(names) or 'none yet (run a view first)'}"
-            elif "single SQL statement" in msg:
-                hint = "\n  hint: query runs one statement at a time"
-            for name in sorted(used):
-                bad = damaged_file(series_dir(self._series_root(), name))
-                if bad is not None:
-                    raise damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its "
-                                  f"stream: pondstream run FILE.sql --reset {name.removesuffix('__late')}") from None
-            raise EngineError(f"query failed: {msg}{hint}") from None
+            raise self._query_error(e, names, used) from None
+        return pa.RecordBatchReader.from_batches(schema, self._batches(stream, schema, names, used))
+
+    def _batches(self, stream: RecordBatchStream, schema: pa.Schema, names: list[str],
+                 used: set[str]) -> Iterator[pa.RecordBatch]:
+        """The stream's batches as pyarrow, labelled with the planned schema; a failure while reading
+        (a damaged file, a division by zero in an expression) is an EngineError like one when planning."""
+        while True:
+            try:
+                batch = next(stream).to_pyarrow()
+            except StopIteration:
+                return
+            except EngineError:
+                raise
+            except Exception as e:
+                raise self._query_error(e, names, used) from None
+            if not batch.schema.equals(schema):  # the same types; nullability or metadata may differ
+                batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+            yield batch
+
+    def _query_error(self, e: Exception, names: list[str], used: set[str]) -> EngineError:
+        """The EngineError for DataFusion's exception `e`: a refused statement, a damaged file of a
+        series in `used`, or the query's own failure with a hint."""
+        msg = str(e).split("\n")[0]
+        if any(w in msg for w in ("DML not supported", "DDL not supported", "Statement not supported")):
+            return EngineError(f"queries are read-only: {msg.split(': ', 1)[-1]} is not allowed.\n"
+                               "  hint: query runs SELECT (and EXPLAIN, DESCRIBE, SHOW); views change only "
+                               "through `pondstream run`")
+        hint = ""
+        if "not found" in msg:
+            hint = f"\n  hint: queryable tables: {', '.join(names) or 'none yet (run a view first)'}"
+        elif "single SQL statement" in msg:
+            hint = "\n  hint: query runs one statement at a time"
+        elif "SanityCheckPlan" in msg and "UnknownPartitioning(0)" in str(e):
+            hint = ("\n  hint: the query's time range matches no file of the view, and DataFusion cannot sort "
+                    "an empty scan; widen the range or drop ORDER BY")
+        for name in sorted(used):
+            bad = damaged_file(series_dir(self._series_root(), name))
+            if bad is not None:
+                return damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its "
+                               f"stream: pondstream run FILE.sql --reset {name.removesuffix('__late')}")
+        return EngineError(f"query failed: {msg}{hint}")
 
     def cat(self, view: str, time_start: str | None = None, time_end: str | None = None) -> pa.Table:
-        """A view's rows, optionally limited to windows starting in [time_start, time_end)."""
+        """The whole result of `cat_stream` as one table."""
+        return self.cat_stream(view, time_start, time_end).read_all()
+
+    def cat_stream(self, view: str, time_start: str | None = None,
+                   time_end: str | None = None) -> pa.RecordBatchReader:
+        """A view's rows in identity (window, key) order, optionally limited to windows starting in
+        [time_start, time_end), computed as they are read.
+
+        When the order starts with a window column, the view's files are sorted a piece at a time
+        (files whose windows overlap together, about PIECE_ROWS rows each), so memory stays flat; a
+        range that matches no file gives no rows without asking DataFusion."""
         names = self.series_names()
         real = self._resolve(view, False, names)
         if real is None:
@@ -418,7 +466,7 @@ class Engine:
         d = series_dir(self._series_root(), real)
         meta, schema = series_meta(d)
         tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
-        params, conds = {}, []
+        params, conds, bounds = {}, [], {}
         for option, text, op in (("--time-start", time_start, ">="), ("--time-end", time_end, "<")):
             if text is None:
                 continue
@@ -427,13 +475,71 @@ class Engine:
                                   "cat it without a time range")
             key = option.strip("-").replace("-", "_")
             params[key] = _timestamp(text, option)
+            bounds[key] = params[key].cast(pa.int64()).as_py()
             conds.append(f"{quote(tcol)} {op} ${key}")
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = [quote(c) for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)]
         ctx = query_context()
         register_series(ctx, real, d)
-        sql = f"SELECT * FROM {quote(real)}{where}" + (f" ORDER BY {', '.join(order)}" if order else "")
-        return self._run(ctx, sql, names, params or None, used={real})
+        # Read after registering: windows only ever get added, so these files cover every row registered.
+        entries = [e for e in _latest_files(read_snapshot(d))
+                   if overlaps(e, tcol, bounds.get("time_start"), bounds.get("time_end"))]
+        first = next((c for c in (meta.get("identity") or []) if c in visible_columns(meta, schema)), None)
+        split = pieces(entries, first) if first in meta["time_columns"] else None
+        if split is None:
+            split = [None] if entries else []
+
+        def piece_sql(piece: tuple[int, int] | None) -> tuple[str, dict]:
+            sql, p = f"SELECT * FROM {quote(real)}{where}", dict(params)
+            if piece is not None:
+                sql += f"{' AND' if where else ' WHERE'} {quote(first)} >= $piece_lo AND {quote(first)} <= $piece_hi"
+                p |= {"piece_lo": pa.scalar(piece[0], schema.field(first).type),
+                      "piece_hi": pa.scalar(piece[1], schema.field(first).type)}
+            return sql + (f" ORDER BY {', '.join(order)}" if order else ""), p
+
+        if len(split) == 1:
+            sql, p = piece_sql(split[0])
+            return self._run(ctx, sql, names, p or None, used={real})
+        sql, p = piece_sql(None)
+        try:
+            out_schema = ctx.sql_with_options(sql, READ_ONLY, param_values=p or None).schema()
+        except Exception as e:
+            raise self._query_error(e, names, {real}) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for piece in split:
+                sql, p = piece_sql(piece)
+                with self._run(ctx, sql, names, p, used={real}) as reader:
+                    yield from reader
+
+        return pa.RecordBatchReader.from_batches(out_schema, batches())
+
+    def cat_rows(self, view: str, time_start: str | None = None, time_end: str | None = None) -> int | None:
+        """How many rows `cat_stream` gives, when the log alone tells: no row of the view was replaced by
+        a later version, and each file lies wholly inside the time range. None otherwise (not counted)."""
+        names = self.series_names()
+        real = self._resolve(view, False, names)
+        if real is None:
+            return None
+        d = series_dir(self._series_root(), real)
+        meta, _ = series_meta(d)
+        snap = read_snapshot(d)
+        if meta.get("identity") and any(e.get("supersedes") for e in snap.tail):
+            return None  # base rows are one per identity; only the tail may replace some
+        entries = _latest_files(snap)
+        tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
+        start = _timestamp(time_start, "--time-start").cast(pa.int64()).as_py() if time_start else None
+        end = _timestamp(time_end, "--time-end").cast(pa.int64()).as_py() if time_end else None
+        total = 0
+        for e in entries:
+            if not overlaps(e, tcol, start, end):
+                continue
+            r = e.get("ranges", {}).get(tcol) if tcol else None
+            if (start is not None or end is not None) and e["rows"] and (
+                    r is None or (start is not None and r[0] < start) or (end is not None and r[1] >= end)):
+                return None  # only part of this file is in the range
+            total += e["rows"]
+        return total
 
     def status(self) -> dict:
         """Progress of the last or current run (status.json) and per-view series figures."""
@@ -447,6 +553,11 @@ class Engine:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")
                 s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
+
+
+def _latest_files(snap: Snapshot) -> list[dict]:
+    """The files a latest-version read opens: the base's and the tail's (each with rows and ranges)."""
+    return [*snap.base["files"], *snap.tail]
 
 
 def _check_new_name(name: str, what: str) -> None:

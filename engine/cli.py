@@ -161,19 +161,23 @@ def cmd_run(args) -> int:
 
 def cmd_query(args) -> int:
     from pondstream.engine.api import Engine
-    from pondstream.engine.output import render
+    from pondstream.engine.output import write
 
-    table = Engine(args.state_dir).query(args.sql, as_of_version=args.as_of_version)
-    sys.stdout.write(render(table, args.format))
+    reader = Engine(args.state_dir).query_stream(args.sql, as_of_version=args.as_of_version)
+    write(reader, args.format, sys.stdout.buffer)
+    sys.stdout.buffer.flush()  # here, so a reader that went away is a BrokenPipeError main() handles
     return 0
 
 
 def cmd_cat(args) -> int:
     from pondstream.engine.api import Engine
-    from pondstream.engine.output import render
+    from pondstream.engine.output import write
 
-    table = Engine(args.state_dir).cat(args.view, args.time_start, args.time_end)
-    sys.stdout.write(render(table, args.format))
+    engine = Engine(args.state_dir)
+    reader = engine.cat_stream(args.view, args.time_start, args.time_end)
+    total = engine.cat_rows(args.view, args.time_start, args.time_end) if args.format == "table" else None
+    write(reader, args.format, sys.stdout.buffer, total=total)
+    sys.stdout.buffer.flush()
     return 0
 
 

@@ -55,6 +55,7 @@ META = "_series.json"
 SCHEMA = "_schema.arrow"
 HEAD = "_head.json"
 BASE = "_base.json"
+EMPTY = "_empty.parquet"
 ROW_GROUP = 64 * 1024
 DATA_FILE_PREFIXES = ("v", "b", "h")  # tail versions, base files, history files
 RETRY = 20  # a reader that meets a consolidation half-published reads again (it takes milliseconds)
@@ -121,6 +122,8 @@ class SeriesStore:
         write_sealed_json(d / META, {"name": name, "kind": kind, "identity": identity or [],
                                      "time_columns": time_columns or {}, "hidden": hidden or [],
                                      "schema_crc": crc(schema_bytes)})
+        if not (d / EMPTY).exists():  # a file no predicate prunes: a query always has one partition to plan
+            _write_parquet(schema.append(pa.field("_version", pa.int64())).empty_table(), d / EMPTY)
         if not (d / HEAD).exists():
             self._sync_log(name)
 
