@@ -213,7 +213,7 @@ class Runner:
         up = next(g for g in self.groups_so_far if any(v.plan.name == upstream for v in g.views))
         schema = self.catalog.source_entry(upstream).stmt.schema
         return ViewSource(schema, self.series.dir(upstream), lambda: self.series.entries(upstream),
-                          lambda: up.final_committed, position)
+                          lambda: up.final_committed, position, lambda: self.series.base(upstream))
 
     @property
     def finished(self) -> bool:

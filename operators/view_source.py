@@ -1,4 +1,6 @@
 """A view read as a stream: the upstream view's committed versions, in order, one batch per version.
+Versions already consolidated into the upstream's base (a view added after they were folded) come as
+one batch: the base's rows, the latest of each window and key as of its version.
 
 The event time is the upstream's window start; the watermark is the upstream's own watermark when it
 wrote the version (every upstream window that could still change starts after it), so a downstream
@@ -19,14 +21,17 @@ from pondstream.operators.source import Source, SourceBatch
 
 class ViewSource(Source):
     def __init__(self, schema: pa.Schema, series_dir: Path, entries: Callable[[], list[dict[str, Any]]],
-                 upstream_done: Callable[[], bool], position: dict | None = None) -> None:
+                 upstream_done: Callable[[], bool], position: dict | None = None,
+                 base: Callable[[], dict[str, Any]] | None = None) -> None:
         self.schema, self.dir, self.entries, self.upstream_done = schema, series_dir, entries, upstream_done
+        self.base = base or (lambda: {"version": 0, "files": []})
         self.version = int((position or {}).get("version", 0))
         self.bounded = True  # ends when the upstream's bounded source has ended and been read to the end
 
     @property
     def finished(self) -> bool:  # type: ignore[override]
-        return self.upstream_done() and not any(e["version"] > self.version for e in self.entries())
+        return self.upstream_done() and self.base()["version"] <= self.version and \
+            not any(e["version"] > self.version for e in self.entries())
 
     @finished.setter
     def finished(self, _value: bool) -> None:
@@ -39,6 +44,12 @@ class ViewSource(Source):
         return {"version": self.version}
 
     def read(self) -> SourceBatch | None:
+        base = self.base()
+        if base["version"] > self.version:  # consolidated before this view read them (a view added later)
+            files = [pq.read_table(self.dir / f["file"], columns=self.schema.names) for f in base["files"]]
+            table = pa.concat_tables(files).cast(self.schema) if files else self.schema.empty_table()
+            self.version = base["version"]
+            return SourceBatch(table, self.position(), watermark=base.get("watermark"))
         entry = next((e for e in self.entries() if e["version"] > self.version), None)
         if entry is None:
             return None

@@ -87,6 +87,7 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
         "history": history, "history_from": history_from,
         "rows_written": base["rows_written"] + sum(e["rows"] for e in tail),
         "written_at": tail[-1]["written_at"] if tail else base.get("written_at"),
+        "watermark": tail[-1].get("watermark") if tail else base.get("watermark"),  # as of the base's version
         "consolidated_at": dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None).isoformat(),
         "retired": retired,
     }
