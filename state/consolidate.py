@@ -101,15 +101,7 @@ def _touched(files: list[dict[str, Any]], tail: list[dict[str, Any]], tcol: str 
              replaces: bool) -> list[dict[str, Any]]:
     """The base files the tail may replace rows of, plus the newest base file while it is small (so
     base files grow to their target size instead of one per consolidation)."""
-    out = []
-    if replaces:
-        spans = [e["ranges"][tcol] for e in tail if e.get("supersedes") and tcol and tcol in e["ranges"]]
-        if tcol is None or len(spans) < sum(1 for e in tail if e.get("supersedes")):
-            out = list(files)  # no window column to tell which files: every file may hold a replaced row
-        else:
-            lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
-            out = [f for f in files if tcol in f["ranges"] and f["ranges"][tcol][0] <= hi
-                   and f["ranges"][tcol][1] >= lo]
+    out = replaceable(files, tail, tcol) if replaces else []
     if files and files[-1] not in out and files[-1]["bytes"] < TARGET_BYTES // 8:
         out.append(files[-1])
     return out
@@ -171,3 +163,16 @@ def _write_files(d: Path, stem: str, table: pa.Table, time_columns: dict[str, st
             entry.update(kept_at=kept_at, superseded=[sup["min"].as_py(), sup["max"].as_py()])
         out.append(entry)
     return out
+
+
+def replaceable(files: list[dict[str, Any]], tail: list[dict[str, Any]], tcol: str | None) -> list[dict[str, Any]]:
+    """The base files holding rows a superseding tail version may replace: those whose window range
+    overlaps a superseding version's (all of them when there is no window column to tell)."""
+    sup = [e for e in tail if e.get("supersedes")]
+    if not sup:
+        return []
+    spans = [e["ranges"][tcol] for e in sup if tcol and tcol in e["ranges"]]
+    if tcol is None or len(spans) < len(sup):
+        return list(files)
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    return [f for f in files if tcol not in f["ranges"] or (f["ranges"][tcol][0] <= hi and f["ranges"][tcol][1] >= lo)]

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pondstream.state.files import (
+    DamagedFileError,
     append_line,
     crc,
     damaged,
@@ -270,9 +271,12 @@ def read_snapshot(d: Path) -> Snapshot:
     for _ in range(RETRY):
         try:
             return _read_snapshot(d)
-        except _Moved:
+        except (_Moved, DamagedFileError):  # a consolidation publishing (base, log, head) as we read
             time.sleep(0.005)
-    raise damaged(d / HEAD, f"{HEAD}, {BASE} and {LOG} kept disagreeing about which versions they hold")
+    try:
+        return _read_snapshot(d)  # still inconsistent: the damage is real, and this names it
+    except _Moved:
+        raise damaged(d / HEAD, f"{HEAD}, {BASE} and {LOG} kept disagreeing about which versions they hold") from None
 
 
 def _read_snapshot(d: Path) -> Snapshot:

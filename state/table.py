@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from datafusion import SessionContext, SQLOptions
 
-from pondstream.state.consolidate import SUPERSEDED_BY
+from pondstream.state.consolidate import SUPERSEDED_BY, replaceable
 from pondstream.state.errors import EngineError
 from pondstream.state.series import EMPTY, read_snapshot, series_meta
 
@@ -83,33 +83,32 @@ def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int
         ctx.register_dataset(raw, _dataset(series_dir, entries, schema))
         return raw
 
-    below = [f"SELECT {names} FROM {table('base', files, file_schema)}" + (f" WHERE _version <= {as_of}" if old
-                                                                            else "")] if files else []
+    tcol = next((c for c in identity if meta["time_columns"].get(c) == "start"), None)
+    replaces = bool(identity) and any(e.get("supersedes") for e in tail)
+    dirty = replaceable(files, tail, tcol) if replaces else []
+    clean = [f for f in files if f not in dirty]
+    version_cut = f" WHERE _version <= {as_of}" if old else ""
+    # Base files no tail version can touch are read as they are; only the others meet the anti-join.
+    parts = [f"SELECT {names} FROM {table('base', clean, file_schema)}{version_cut}"]
     history = [h for h in base["history"] if old and h["versions"][0] <= as_of and h["superseded"][1] > as_of]
     if history:
         hist_schema = file_schema.append(pa.field(SUPERSEDED_BY, pa.int64()))
-        below.append(f"SELECT {names} FROM {table('history', history, hist_schema)} "
+        parts.append(f"SELECT {names} FROM {table('history', history, hist_schema)} "
                      f"WHERE _version <= {as_of} AND {SUPERSEDED_BY} > {as_of}")
-    parts = [" UNION ALL ".join(below)] if below else []
     if tail:
         raw_tail = table("tail", tail, file_schema)
-        if identity and any(e.get("supersedes") for e in tail):
+        if replaces:
             ids = ", ".join(quote(c) for c in identity)
-            if parts:
+            if dirty:
                 same = " AND ".join(f"(b.{quote(c)} IS NOT DISTINCT FROM t.{quote(c)})" for c in identity)
-                parts = [f"SELECT {names} FROM ({parts[0]}) b WHERE NOT EXISTS (SELECT 1 FROM {raw_tail} t "
-                         f"WHERE {same})"]
+                parts.append(f"SELECT {names} FROM {table('touched', dirty, file_schema)} b WHERE NOT EXISTS "
+                             f"(SELECT 1 FROM {raw_tail} t WHERE {same})")
             parts.append(f"SELECT {names} FROM (SELECT *, row_number() OVER (PARTITION BY {ids} ORDER BY "
                          f"_version DESC) AS __rn FROM {raw_tail}) WHERE __rn = 1")
         else:
             parts.append(f"SELECT {names} FROM {raw_tail}")
     cols = ", ".join(quote(c) for c in visible_columns(meta, schema))
-    if parts:
-        sql = f"SELECT {cols} FROM ({' UNION ALL '.join(parts)})"
-    else:
-        raw = quote(f"__raw:{name}:empty")
-        ctx.register_record_batches(raw, [[pa.RecordBatch.from_pylist([], file_schema)]])
-        sql = f"SELECT {cols} FROM {raw}"
+    sql = f"SELECT {cols} FROM ({' UNION ALL '.join(parts)})"
     ctx.register_view(quote(name), ctx.sql_with_options(sql, READ_ONLY))
 
 
