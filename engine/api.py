@@ -19,6 +19,7 @@ from datafusion import SessionContext
 from datafusion.record_batch import RecordBatchStream
 from sqlglot import exp
 
+from pondstream.engine.lookup import explain, point_lookup
 from pondstream.engine.query_functions import query_context
 from pondstream.engine.streams import guard_exit, overlaps, pieces
 from pondstream.sql import (
@@ -343,6 +344,9 @@ class Engine:
         check_limits(sql)
         ctx = query_context()
         names = self.series_names()
+        found = point_lookup(self, ctx, sql, as_of_version, names)  # WHERE fixes a view's keys: no scan
+        if found is not None:
+            return self._run(ctx, found.sql, names, used={found.view})
         try:
             tree = sqlglot.parse_one(sql, read=StreamSQL)
         except (sqlglot.errors.ParseError, RecursionError):
@@ -389,6 +393,10 @@ class Engine:
                     rewrite = True
             text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
         return self._run(ctx, text, names, used=set(registered.values()))
+
+    def explain_route(self, sql: str, as_of_version: int | None = None) -> str:
+        """Which route `query(sql)` takes, a point lookup or a DataFusion scan, and why (`query --explain`)."""
+        return explain(self, sql, as_of_version)
 
     def _run(self, ctx: SessionContext, sql: str, names: list[str], params: dict | None = None,
              used: Iterable[str] = ()) -> pa.RecordBatchReader:

@@ -8,6 +8,9 @@ million files, and every query pays for all of them. Consolidation keeps the fol
   TARGET_BYTES (Parquet statistics per row group then prune by time and, within a window, by key);
 - the rows a later version replaced go to *history* files with `_superseded_by`, so `VERSION AS OF n`
   still reads rows valid at n (`_version <= n < _superseded_by`), for `history_retention`;
+- a view with a window column and keys also gets *key files* (state/keys.py): the base's rows sorted by
+  key, so a point lookup (`WHERE key = 'x'`, engine/lookup.py) decodes a batch or two per key file
+  instead of scanning; each consolidation writes one for the base files it wrote and merges small ones;
 - replaced files stay on disk for GRACE_S, so a query that planned with them still finds them.
 
 The new base is one RocksDB write that also deletes the folded tail entries, so a crash at any point
@@ -22,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pondstream.state.keys import PART, KeyFile, key_columns, live_parts, only_parts, write_key_file
 from pondstream.state.series import ROW_GROUP, SeriesStore, _write_parquet, series_meta, time_ranges
 from pondstream.state.store import Txn
 
@@ -35,6 +40,9 @@ MAX_TAIL_BYTES = 32 << 20  # or this many bytes of tail files
 GRACE_S = 60.0  # how long a replaced file stays for queries that planned with it
 DEFAULT_RETENTION_US = 7 * 86_400_000_000  # history_retention unless the view says otherwise
 SUPERSEDED_BY = "_superseded_by"
+SMALL_KEYS = TARGET_BYTES  # a key file with fewer live rows than this (in memory) is merged with others
+MERGE_COUNT = 4  # settled small key files that make a merge worth it
+MERGE_BYTES = 2 * TARGET_BYTES  # the most rows (in memory) one merge reads
 
 
 def due(tail: list[dict[str, Any]]) -> bool:
@@ -60,15 +68,24 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
     tcol = next((c for c in identity if meta["time_columns"].get(c) == "start"), None)
     file_schema = schema.append(pa.field("_version", pa.int64()))
     replaces = bool(identity) and any(e.get("supersedes") for e in tail)
+    keys, why_not = key_columns(meta, schema)
+    # Key files for lookups; without a window column the base is sorted by key already and needs none.
+    indexed = (keys, [c for c in identity if c not in keys]) if tcol and why_not is None else None
 
     touched = _touched(base["files"], tail, tcol, replaces) if tail else []
     merged = _read(d, [*touched, *tail], file_schema)
     latest, replaced = _latest(merged, identity) if replaces else (merged, None)
     gen = base["gen"] + 1
     files = [f for f in base["files"] if f not in touched]
+    written: list[dict[str, Any]] = []
     if tail:
-        files += _write_files(d, f"b{gen:08d}", _sort(latest, tcol, identity), meta["time_columns"])
+        latest = _sort(latest, tcol, identity)
+        written = _write_files(d, f"b{gen:08d}", latest, meta["time_columns"])
+        files += written
     files.sort(key=lambda f: (f["ranges"].get(tcol, [0])[0] if tcol else 0))
+    key_files, old_keys = base.get("keys", []), []
+    if indexed and tail:
+        key_files, old_keys = _key_files(d, f"k{gen:08d}", key_files, files, written, latest, file_schema, indexed)
 
     history = [h for h in base["history"] if h not in expired]
     history_from = max([base["history_from"], *(h["superseded"][1] for h in expired)])
@@ -78,12 +95,12 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
         else:
             history_from = tail[-1]["version"]
 
-    gone = [*touched, *tail, *expired]
+    gone = [*touched, *tail, *expired, *old_keys]
     retired = [r for r in base["retired"] if r["retired_at"] >= now - GRACE_S]
     deleted = [r["file"] for r in base["retired"] if r["retired_at"] < now - GRACE_S]
     retired += [{"file": f["file"], "retired_at": now} for f in gone]
     new = {
-        "version": tail[-1]["version"] if tail else base["version"], "gen": gen, "files": files,
+        "version": tail[-1]["version"] if tail else base["version"], "gen": gen, "files": files, "keys": key_files,
         "history": history, "history_from": history_from,
         "rows_written": base["rows_written"] + sum(e["rows"] for e in tail),
         "written_at": tail[-1]["written_at"] if tail else base.get("written_at"),
@@ -140,6 +157,77 @@ def _sort(table: pa.Table, tcol: str | None, identity: list[str]) -> pa.Table:
     if not keys:
         return table
     return table.take(pc.sort_indices(table, [(c, "ascending", "at_end") for c in keys]))
+
+
+def _key_files(d: Path, stem: str, old: list[dict[str, Any]], files: list[dict[str, Any]],
+               written: list[dict[str, Any]], latest: pa.Table, schema: pa.Schema,
+               indexed: tuple[list[str], list[str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The key files of the new base (every base file covered by exactly one) and the old ones it drops.
+
+    The base files just written (`latest`, in that order) get one key file. A key file whose base files are
+    all gone is dropped; one with some gone stays (lookups skip those rows) until a merge. One base file
+    from before key files existed gets one per consolidation, so an old series is indexed gradually.
+    Then, if MERGE_COUNT small key files have settled (not covering the newest base file, which the next
+    consolidation rewrites), the oldest of them are merged, up to MERGE_BYTES."""
+    live = {f["file"] for f in files}
+    keep = [k for k in old if any(name in live for name, _ in k["covers"])]
+    gone = [k for k in old if k not in keep]
+    new = []
+    if written:
+        part = np.repeat(np.arange(len(written), dtype=np.int32), [f["rows"] for f in written])
+        new.append(_key_file(d / f"{stem}-0000.keys", latest.append_column(PART, pa.array(part)), written, indexed))
+    covered = {name for k in keep for name, _ in k["covers"]} | {f["file"] for f in written}
+    bare = [f for f in files if f["file"] not in covered]
+    if bare:
+        rows = pq.read_table(d / bare[0]["file"], schema=schema)
+        rows = rows.append_column(PART, pa.array(np.zeros(rows.num_rows, np.int32)))
+        new.append(_key_file(d / f"{stem}-0001.keys", rows, bare[:1], indexed))
+    out = keep + new
+    newest = files[-1]["file"] if files else None
+    small = [k for k in out if newest not in {n for n, _ in k["covers"]} and _live_bytes(k, live) < SMALL_KEYS]
+    if len(small) >= MERGE_COUNT:
+        group, total = [], 0
+        for k in small:
+            if group and total + _live_bytes(k, live) > MERGE_BYTES:
+                break
+            group.append(k)
+            total += _live_bytes(k, live)
+        if len(group) >= 2:
+            merged = _merge_key_files(d, d / f"{stem}-0002.keys", group, live,
+                                      schema.append(pa.field(PART, pa.int32())), indexed)
+            out = [k for k in out if k not in group] + [merged]
+            gone += [k for k in group if k in keep]
+    return out, gone
+
+
+def _live_bytes(k: dict[str, Any], live: set[str]) -> int:
+    rows = sum(n for name, n in k["covers"] if name in live)
+    total = sum(n for _, n in k["covers"])
+    return k["mem"] * rows // total if total else 0
+
+
+def _key_file(path: Path, rows: pa.Table, covers: list[dict[str, Any]],
+              indexed: tuple[list[str], list[str]]) -> dict[str, Any]:
+    return {"file": path.name, "covers": [[f["file"], f["rows"]] for f in covers],
+            **write_key_file(path, rows, *indexed)}
+
+
+def _merge_key_files(d: Path, path: Path, group: list[dict[str, Any]], live: set[str], schema: pa.Schema,
+                     indexed: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """One key file for the live rows of `group` (their `_part` renumbered into the new covers)."""
+    tables, covers = [], []
+    for k in group:
+        renumber = np.full(len(k["covers"]), -1, np.int32)
+        for i, (name, n) in enumerate(k["covers"]):
+            if name in live:
+                renumber[i] = len(covers)
+                covers.append({"file": name, "rows": n})
+        with KeyFile(d / k["file"], "consolidation reads it to merge it") as kf:
+            rows = pa.concat_tables([schema.empty_table(), *kf.read_all()])
+        rows = only_parts(rows, live_parts(k, live))
+        tables.append(rows.set_column(rows.schema.get_field_index(PART), PART,
+                                      pc.take(pa.array(renumber), rows.column(PART))))
+    return _key_file(path, pa.concat_tables(tables), covers, indexed)
 
 
 def _write_files(d: Path, stem: str, table: pa.Table, time_columns: dict[str, str],

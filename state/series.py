@@ -58,14 +58,14 @@ HEAD = "_head.json"
 BASE = "_base.json"
 EMPTY = "_empty.parquet"
 ROW_GROUP = 64 * 1024
-DATA_FILE_PREFIXES = ("v", "b", "h")  # tail versions, base files, history files
+DATA_FILE_PREFIXES = ("v", "b", "h", "k")  # tail versions, base files, history files, key files
 RETRY = 20  # a reader that meets a consolidation half-published reads again (it takes milliseconds)
 
 
 def empty_base() -> dict[str, Any]:
     """The base of a series no consolidation has touched: versions 1..0."""
     return {"version": 0, "gen": 0, "files": [], "history": [], "history_from": 0, "rows_written": 0,
-            "versions_dropped": 0, "retired": []}
+            "versions_dropped": 0, "retired": [], "keys": []}
 
 
 def _iso(us: int | None) -> str | None:
@@ -208,9 +208,10 @@ class SeriesStore:
         start-up, when nothing else writes)."""
         d = self.dir(name)
         entries, base = self.entries(name), self.base(name)
-        keep = {e["file"] for e in [*entries, *base["files"], *base["history"], *base["retired"]]}
+        named = [*entries, *base["files"], *base["history"], *base["retired"], *base.get("keys", [])]
+        keep = {e["file"] for e in named}
         self._publish(name, entries, base)
-        for f in d.glob("*.parquet*"):
+        for f in [*d.glob("*.parquet*"), *d.glob("*.keys*")]:
             if f.name[:1] in DATA_FILE_PREFIXES and f.name not in keep:
                 safe_remove(self.root, f)
 

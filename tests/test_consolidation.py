@@ -113,9 +113,10 @@ def test_random_consolidations_never_change_answers(tmp_path, monkeypatch, seed)
             want = canon(reference(seed, version, as_of).to_arrow_table())
             assert query(series, "SELECT w, k, x FROM s", as_of) == want, as_of
     base = read_snapshot(series.dir("s")).base
-    on_disk = {p.name for p in series.dir("s").glob("*.parquet")} - {EMPTY}
-    named = {f["file"] for f in [*base["files"], *base["history"], *base["retired"], *series.entries("s")]}
-    assert on_disk == named  # no stray files; every named file present
+    on_disk = {p.name for p in [*series.dir("s").glob("*.parquet"), *series.dir("s").glob("*.keys")]} - {EMPTY}
+    named = {f["file"] for f in [*base["files"], *base["history"], *base["retired"], *base["keys"],
+                                 *series.entries("s")]}
+    assert on_disk == named  # no stray files (key files included); every named file present
     series.store.close()
 
 
