@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table (default), csv with header, or json (one object per line); timestamps ISO-8601")
     q.add_argument("--as-of-version", type=int, default=None, metavar="N",
                    help="read the views as they were at version N")
+    q.add_argument("--explain", action="store_true",
+                   help="say which route the query takes (a point lookup by key, or a DataFusion scan) and why, "
+                        "without running it")
 
     c = sub.add_parser("cat", help="print a view (or a late/errors series)",
                        description="Print a view's rows in window and key order, optionally only the windows "
@@ -163,7 +166,11 @@ def cmd_query(args) -> int:
     from pondstream.engine.api import Engine
     from pondstream.engine.output import write
 
-    reader = Engine(args.state_dir).query_stream(args.sql, as_of_version=args.as_of_version)
+    engine = Engine(args.state_dir)
+    if args.explain:
+        print(engine.explain_route(args.sql, as_of_version=args.as_of_version))
+        return 0
+    reader = engine.query_stream(args.sql, as_of_version=args.as_of_version)
     write(reader, args.format, sys.stdout.buffer)
     sys.stdout.buffer.flush()  # here, so a reader that went away is a BrokenPipeError main() handles
     return 0

@@ -49,6 +49,13 @@ def test_run_example_then_query_in_every_format(tmp_path):
     assert status["series"]["hourly_sales"]["rows"] == len(rows)
     again = cli("run", str(EXAMPLE), state=state)  # resuming a finished pipeline reads nothing new
     assert "done: 0 events" in again.stderr
+    compact = cli("compact", state=state).stdout
+    assert "hourly_sales: " in compact
+    lookup = "SELECT hour, customer_id, orders FROM hourly_sales WHERE customer_id = 'c00001' ORDER BY hour"
+    assert cli("query", lookup, "--explain", state=state).stdout.startswith("point lookup on hourly_sales")
+    assert cli("query", "SELECT COUNT(*) FROM hourly_sales", "--explain", state=state).stdout.startswith("scan")
+    got = list(csv.DictReader(io.StringIO(cli("query", lookup, "--format", "csv", state=state).stdout)))
+    assert got and got == [r for r in rows if r["customer_id"] == "c00001"]
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path):
