@@ -173,6 +173,10 @@ def _locate(p: Plan, d: Path) -> Plan:
         if bare:
             return _scan(f"{len(bare)} base file(s) of {p.view} have no key file yet (consolidated by an older "
                          f"pondstream; each consolidation indexes one), e.g. {bare[0]}", p.view)
+        gone = [k["file"] for k in p.key_files if not (d / k["file"]).exists()]
+        if gone:
+            return _scan(f"key file {gone[0]} of {p.view} is missing (each consolidation rebuilds one base file's)",
+                         p.view)
     return p
 
 
@@ -277,8 +281,8 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     for c, v in p.key.items():
         cond = pc.field(c) == pa.scalar(v, p.schema.field(c).type)
         expr = cond if expr is None else expr & cond
-    repair = (f"delete it: queries of {p.view} then scan until the next consolidation (a running pipeline, or "
-              f"`pondstream compact {p.view}`) writes it again")
+    repair = (f"delete it; queries of {p.view} then scan until a consolidation (the next of a running pipeline) "
+              "rebuilds it")
     parts = []
     try:
         wanted = {f["file"] for f in p.files}

@@ -70,7 +70,7 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
     replaces = bool(identity) and any(e.get("supersedes") for e in tail)
     keys, why_not = key_columns(meta, schema)
     # Key files for lookups; without a window column the base is sorted by key already and needs none.
-    indexed = (keys, [c for c in identity if c not in keys]) if tcol and why_not is None else None
+    indexed = keys if tcol and why_not is None else None
 
     touched = _touched(base["files"], tail, tcol, replaces) if tail else []
     merged = _read(d, [*touched, *tail], file_schema)
@@ -161,16 +161,17 @@ def _sort(table: pa.Table, tcol: str | None, identity: list[str]) -> pa.Table:
 
 def _key_files(d: Path, stem: str, old: list[dict[str, Any]], files: list[dict[str, Any]],
                written: list[dict[str, Any]], latest: pa.Table, schema: pa.Schema,
-               indexed: tuple[list[str], list[str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+               indexed: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The key files of the new base (every base file covered by exactly one) and the old ones it drops.
 
     The base files just written (`latest`, in that order) get one key file. A key file whose base files are
-    all gone is dropped; one with some gone stays (lookups skip those rows) until a merge. One base file
-    from before key files existed gets one per consolidation, so an old series is indexed gradually.
+    all gone (or that was deleted, being damaged) is dropped; one with some gone stays (lookups skip those
+    rows) until a merge. One base file without a key file (consolidated before key files existed, or whose
+    key file was deleted) gets one per consolidation, so such a series is indexed gradually.
     Then, if MERGE_COUNT small key files have settled (not covering the newest base file, which the next
     consolidation rewrites), the oldest of them are merged, up to MERGE_BYTES."""
     live = {f["file"] for f in files}
-    keep = [k for k in old if any(name in live for name, _ in k["covers"])]
+    keep = [k for k in old if any(name in live for name, _ in k["covers"]) and (d / k["file"]).exists()]
     gone = [k for k in old if k not in keep]
     new = []
     if written:
@@ -207,13 +208,13 @@ def _live_bytes(k: dict[str, Any], live: set[str]) -> int:
 
 
 def _key_file(path: Path, rows: pa.Table, covers: list[dict[str, Any]],
-              indexed: tuple[list[str], list[str]]) -> dict[str, Any]:
+              indexed: list[str]) -> dict[str, Any]:
     return {"file": path.name, "covers": [[f["file"], f["rows"]] for f in covers],
-            **write_key_file(path, rows, *indexed)}
+            **write_key_file(path, rows, indexed)}
 
 
 def _merge_key_files(d: Path, path: Path, group: list[dict[str, Any]], live: set[str], schema: pa.Schema,
-                     indexed: tuple[list[str], list[str]]) -> dict[str, Any]:
+                     indexed: list[str]) -> dict[str, Any]:
     """One key file for the live rows of `group` (their `_part` renumbered into the new covers)."""
     tables, covers = [], []
     for k in group:

@@ -19,6 +19,7 @@ import pytest
 import pondstream.engine.api as api
 from pondstream.engine import Engine, EngineError
 from pondstream.state.consolidate import consolidate
+from pondstream.state.keys import KeyFile
 from pondstream.state.series import SeriesStore, read_snapshot
 from pondstream.state.store import StateStore, Txn
 
@@ -270,14 +271,24 @@ def test_what_is_scanned(views, monkeypatch, sql, reason):
 
 def test_damaged_key_file_is_reported(views):
     key_file = next((views.state_dir / "series" / "s").glob("k*.keys"))
-    data = bytearray(key_file.read_bytes())
-    data[10] ^= 0xFF
-    key_file.write_bytes(bytes(data))
-    with pytest.raises(EngineError, match=r"k.*\.keys is damaged \(batch 0 does not match its checksum\)"):
-        views.query("SELECT * FROM s WHERE k = 'a'")
-    key_file.write_bytes(bytes(data[:-3]))
+    good = key_file.read_bytes()
+    with KeyFile(key_file, "") as kf:
+        first_batch = int(kf.offsets[0])
+    for at, why in ((first_batch + 20, r"batch 0 does not match its checksum"), (len(good) - 40, "its footer's checksum"),
+                    (len(good) - 1, "no key-file trailer"), (10, "unreadable schema")):
+        data = bytearray(good)
+        data[at] ^= 0xFF
+        key_file.write_bytes(bytes(data))
+        with pytest.raises(EngineError, match=rf"k\d+-\d+\.keys is damaged \({why}"):
+            views.query("SELECT * FROM s WHERE k = 'a'")
+    key_file.write_bytes(good[:-3])
     with pytest.raises(EngineError, match="no key-file trailer"):
         views.query("SELECT * FROM s WHERE k = 'a'")
+    key_file.write_bytes(good)
+    assert views.query("SELECT * FROM s WHERE k = 'a'").num_rows == 1
+    key_file.unlink()  # what the repair hint says: the view is scanned until consolidation rebuilds it
+    assert "is missing (each consolidation rebuilds" in views.explain_route("SELECT * FROM s WHERE k = 'a'")
+    assert views.query("SELECT * FROM s WHERE k = 'a'").num_rows == 1
 
 
 def test_old_bases_get_key_files_one_per_consolidation(tmp_path, monkeypatch):
@@ -303,6 +314,13 @@ def test_old_bases_get_key_files_one_per_consolidation(tmp_path, monkeypatch):
         assert canon(engine.query(sql)) == scanned(engine, sql, monkeypatch)
     assert "have no key file yet" in routes[0]
     assert routes[-1].startswith("point lookup")
+    (series.dir("s") / read_snapshot(series.dir("s")).base["keys"][0]["file"]).unlink()  # as after damage
+    assert "is missing" in engine.explain_route(sql)
+    for v in range(31 + bare + 2, 31 + 2 * bare + 4):
+        write(series, "window", rng, v, v, written)
+        consolidate(series, "s")
+        assert canon(engine.query(sql)) == scanned(engine, sql, monkeypatch)
+    assert engine.explain_route(sql).startswith("point lookup")
     series.store.close()
 
 
