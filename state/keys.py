@@ -140,6 +140,9 @@ class KeyFile:
         self.crcs = np.frombuffer(index, "<u4", batches, 8 * (batches + 1))
         if int(self.offsets[-1]) != start:
             self._bad("its batches do not end where its index starts")
+        # The first layout wrote each batch as a stream of its own, schema included, from byte 0; this one
+        # starts with the schema (and an empty batch), so its first batch never starts at 0.
+        self.v1 = batches > 0 and int(self.offsets[0]) == 0
         self.schema: pa.Schema | None = None
 
     def _bad(self, why: str) -> None:
@@ -153,17 +156,23 @@ class KeyFile:
         return range(lo, bisect.bisect_right(self.fences, probe))
 
     def batch(self, i: int) -> pa.Table:
+        if self.v1:
+            return pa.ipc.open_stream(self._blob(i)).read_all()
         if self.schema is None:
             self.f.seek(0)
             try:
                 self.schema = pa.ipc.read_schema(pa.py_buffer(self.f.read(int(self.offsets[0]))))
             except (pa.ArrowException, OSError) as e:
                 self._bad(f"unreadable schema: {e}")
+        message = pa.ipc.read_message(pa.py_buffer(self._blob(i)))
+        return pa.Table.from_batches([pa.ipc.read_record_batch(message, self.schema)])
+
+    def _blob(self, i: int) -> bytes:
         self.f.seek(int(self.offsets[i]))
         blob = self.f.read(int(self.offsets[i + 1] - self.offsets[i]))
         if zlib.crc32(blob) != self.crcs[i]:
             self._bad(f"batch {i} does not match its checksum")
-        return pa.Table.from_batches([pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(blob)), self.schema)])
+        return blob
 
     def lookup(self, key: tuple) -> pa.Table | None:
         """The rows whose key columns equal `key` (None if no batch can hold it)."""
