@@ -140,9 +140,6 @@ class KeyFile:
         self.crcs = np.frombuffer(index, "<u4", batches, 8 * (batches + 1))
         if int(self.offsets[-1]) != start:
             self._bad("its batches do not end where its index starts")
-        # The first layout wrote each batch as a stream of its own, schema included, from byte 0; this one
-        # starts with the schema (and an empty batch), so its first batch never starts at 0.
-        self.v1 = batches > 0 and int(self.offsets[0]) == 0
         self.schema: pa.Schema | None = None
 
     def _bad(self, why: str) -> None:
@@ -156,8 +153,6 @@ class KeyFile:
         return range(lo, bisect.bisect_right(self.fences, probe))
 
     def batch(self, i: int) -> pa.Table:
-        if self.v1:
-            return pa.ipc.open_stream(self._blob(i)).read_all()
         if self.schema is None:
             self.f.seek(0)
             try:

@@ -289,36 +289,6 @@ def test_damaged_key_file_is_reported(views):
     assert views.query("SELECT * FROM s WHERE k = 'a'").num_rows == 1
 
 
-def test_first_layout_key_files_still_read(tmp_path):
-    """Key files of the first layout (each batch its own IPC stream, from byte 0) stay readable."""
-    import struct
-    import zlib
-
-    import numpy as np
-
-    from pondstream.state import keys
-    from pondstream.state.files import seal
-
-    rows = pa.table({"k": [f"k{i // 3:02d}" for i in range(40)], "x": list(range(40)),
-                     keys.PART: pa.array([0] * 40, pa.int32())})
-    blobs = []
-    for start in range(0, 40, 4):
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, rows.schema) as w:
-            w.write_table(rows.slice(start, 4))
-        blobs.append(sink.getvalue().to_pybytes())
-    offsets = np.cumsum([0, *map(len, blobs)])
-    index = np.array(offsets, "<u8").tobytes() + np.array([zlib.crc32(b) for b in blobs], "<u4").tobytes()
-    footer = seal({"columns": ["k"], "rows": 40, "batches": len(blobs), "fences": rows.column("k").to_pylist()[::4],
-                   "index_crc": zlib.crc32(index)})
-    path = tmp_path / "k00000001-0000.keys"
-    path.write_bytes(b"".join(blobs) + index + footer + keys.MAGIC + struct.pack("<Q", len(footer)))
-    with KeyFile(path, "") as kf:
-        assert kf.lookup(("k04",)).column("x").to_pylist() == [12, 13, 14]
-        assert kf.lookup(("k99",)).num_rows == 0 and kf.lookup(("a",)) is None
-        assert len(pa.concat_tables(kf.read_all())) == 40
-
-
 def test_old_bases_get_key_files_one_per_consolidation(tmp_path, monkeypatch):
     """A base consolidated before key files existed is scanned (and says why) until consolidations have
     given each of its files a key file; answers never change on the way."""
