@@ -413,12 +413,13 @@ class Engine:
             raise
         except Exception as e:
             raise self._query_error(e, names, used) from None
-        return pa.RecordBatchReader.from_batches(schema, self._batches(stream, schema, names, used))
+        return pa.RecordBatchReader.from_batches(schema, self._batches(ctx, stream, schema, names, used))
 
-    def _batches(self, stream: RecordBatchStream, schema: pa.Schema, names: list[str],
+    def _batches(self, ctx: SessionContext, stream: RecordBatchStream, schema: pa.Schema, names: list[str],
                  used: set[str]) -> Iterator[pa.RecordBatch]:
         """The stream's batches as pyarrow, labelled with the planned schema; a failure while reading
-        (a damaged file, a division by zero in an expression) is an EngineError like one when planning."""
+        (a damaged file, a division by zero in an expression) is an EngineError like one when planning.
+        Holding `ctx` keeps its reader leases (state/leases.py) until the last batch is read."""
         while True:
             try:
                 batch = next(stream).to_pyarrow()

@@ -37,6 +37,7 @@ from pondstream.state.consolidate import _latest
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged
 from pondstream.state.keys import KeyFile, key_columns, live_parts, only_parts
+from pondstream.state.leases import Lease
 from pondstream.state.paths import series_dir
 from pondstream.state.series import Snapshot, read_snapshot, series_meta
 from pondstream.state.table import damaged_file, quote, visible_columns
@@ -67,6 +68,7 @@ class Plan:
     key_files: list[dict[str, Any]] = field(default_factory=list)  # the key files covering them
     tail: list[dict[str, Any]] = field(default_factory=list)  # tail versions that may hold it
     others: int = 0  # WHERE conditions besides the key and window range (DataFusion applies them)
+    lease: Lease | None = None
 
     @property
     def key_text(self) -> str:
@@ -162,6 +164,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
 def _locate(p: Plan, d: Path) -> Plan:
     """The base files and tail versions the key may be in (window range), and whether each base file has
     what a lookup needs."""
+    p.lease = Lease(d)  # before the snapshot: the files it names stay while the lookup reads them
     p.snap = snap = read_snapshot(d)
     p.files = [f for f in snap.base["files"] if _overlaps(f, p.tcol, p.span)]
     p.tail = [e for e in snap.tail if _overlaps(e, p.tcol, p.span)]

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pondstream.operators.source import Source, SourceBatch
+from pondstream.state.leases import Lease
 
 
 class ViewSource(Source):
@@ -44,15 +45,16 @@ class ViewSource(Source):
         return {"version": self.version}
 
     def read(self) -> SourceBatch | None:
-        base = self.base()
-        if base["version"] > self.version:  # consolidated before this view read them (a view added later)
-            files = [pq.read_table(self.dir / f["file"], columns=self.schema.names) for f in base["files"]]
-            table = pa.concat_tables(files).cast(self.schema) if files else self.schema.empty_table()
-            self.version = base["version"]
-            return SourceBatch(table, self.position(), watermark=base.get("watermark"))
-        entry = next((e for e in self.entries() if e["version"] > self.version), None)
-        if entry is None:
-            return None
-        table = pq.read_table(self.dir / entry["file"], columns=self.schema.names).cast(self.schema)
+        with Lease(self.dir):  # the files named below stay while they are read
+            base = self.base()
+            if base["version"] > self.version:  # consolidated before this view read them (a view added later)
+                files = [pq.read_table(self.dir / f["file"], columns=self.schema.names) for f in base["files"]]
+                table = pa.concat_tables(files).cast(self.schema) if files else self.schema.empty_table()
+                self.version = base["version"]
+                return SourceBatch(table, self.position(), watermark=base.get("watermark"))
+            entry = next((e for e in self.entries() if e["version"] > self.version), None)
+            if entry is None:
+                return None
+            table = pq.read_table(self.dir / entry["file"], columns=self.schema.names).cast(self.schema)
         self.version = entry["version"]
         return SourceBatch(table, self.position(), watermark=entry.get("watermark"))

@@ -11,7 +11,8 @@ million files, and every query pays for all of them. Consolidation keeps the fol
 - a view with a window column and keys also gets *key files* (state/keys.py): the base's rows sorted by
   key, so a point lookup (`WHERE key = 'x'`, engine/lookup.py) decodes a batch or two per key file
   instead of scanning; each consolidation writes one for the base files it wrote and merges small ones;
-- replaced files stay on disk for GRACE_S, so a query that planned with them still finds them.
+- replaced files are deleted at once when no query is reading the series (state/leases.py), else they
+  stay on disk for GRACE_S, so a query that planned with them still finds them.
 
 The new base is one RocksDB write that also deletes the folded tail entries, so a crash at any point
 leaves either the old layout or the new one (the files of an unfinished one are swept at start-up).
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pondstream.state.keys import PART, KeyFile, key_columns, live_parts, only_parts, write_key_file
+from pondstream.state.leases import no_readers
 from pondstream.state.series import ROW_GROUP, SeriesStore, _write_parquet, series_meta, time_ranges
 from pondstream.state.store import Txn
 
@@ -96,9 +98,6 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
             history_from = tail[-1]["version"]
 
     gone = [*touched, *tail, *expired, *old_keys]
-    retired = [r for r in base["retired"] if r["retired_at"] >= now - GRACE_S]
-    deleted = [r["file"] for r in base["retired"] if r["retired_at"] < now - GRACE_S]
-    retired += [{"file": f["file"], "retired_at": now} for f in gone]
     new = {
         "version": tail[-1]["version"] if tail else base["version"], "gen": gen, "files": files, "keys": key_files,
         "history": history, "history_from": history_from,
@@ -106,11 +105,15 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
         "written_at": tail[-1]["written_at"] if tail else base.get("written_at"),
         "watermark": tail[-1].get("watermark") if tail else base.get("watermark"),  # as of the base's version
         "consolidated_at": dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None).isoformat(),
-        "retired": retired,
     }
-    txn = Txn()
-    series.put_base(txn, name, new, deleted)
-    series.store.commit(txn)  # then the folder is rewritten from RocksDB, and files past their grace deleted
+    with no_readers(d) as idle:  # while idle, no reader can start: replaced files go now
+        past = [r for r in base["retired"] if idle or r["retired_at"] < now - GRACE_S]
+        new["retired"] = [] if idle else [*(r for r in base["retired"] if r not in past),
+                                          *({"file": f["file"], "retired_at": now} for f in gone)]
+        deleted = [r["file"] for r in past] + ([f["file"] for f in gone] if idle else [])
+        txn = Txn()
+        series.put_base(txn, name, new, deleted)
+        series.store.commit(txn)  # then the folder is rewritten from RocksDB, and `deleted` removed
     return new
 
 

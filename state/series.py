@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pondstream.state import leases
 from pondstream.state.files import (
     DamagedFileError,
     append_line,
@@ -207,6 +208,7 @@ class SeriesStore:
         """Rewrite one series' base, log and head from RocksDB; delete data files nothing names (at
         start-up, when nothing else writes)."""
         d = self.dir(name)
+        leases.create(d)
         entries, base = self.entries(name), self.base(name)
         named = [*entries, *base["files"], *base["history"], *base["retired"], *base.get("keys", [])]
         keep = {e["file"] for e in named}

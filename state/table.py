@@ -18,6 +18,7 @@ from datafusion import SessionContext, SQLOptions
 
 from pondstream.state.consolidate import SUPERSEDED_BY, replaceable
 from pondstream.state.errors import EngineError
+from pondstream.state.leases import hold
 from pondstream.state.series import EMPTY, read_snapshot, series_meta
 
 TS = pa.timestamp("us")
@@ -66,6 +67,7 @@ def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int
     The files go in as `"__raw:<name>:<part>"`: a colon cannot appear in a series name, so no raw table
     can shadow a view."""
     meta, schema = series_meta(series_dir)
+    hold(ctx, series_dir)  # before the snapshot: files it names stay until ctx (the query) is done
     snap = read_snapshot(series_dir)
     base = snap.base
     if as_of is not None and as_of < base["history_from"]:

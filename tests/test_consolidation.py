@@ -138,14 +138,61 @@ def test_retention_drops_history_and_says_which_version_is_the_oldest(tmp_path):
     series.store.close()
 
 
-def test_replaced_files_stay_for_a_grace_period_then_go(tmp_path):
+def test_replaced_files_go_at_once_unless_a_reader_holds_them(tmp_path):
+    """With no query reading the series, consolidation deletes the files it replaced at once; a query
+    that is reading (its lease, in this process or another) keeps them for the grace period, and reads
+    the rows it planned with to the end."""
+    from datafusion import SessionContext
+
+    from pondstream.state.table import register_series
+
     series = open_series(tmp_path)
+    d = series.dir("s")
     write_versions(series, 3, 1, 10, set())
     consolidate(series, "s", now=1000.0)
-    assert (series.dir("s") / "v0000000001.parquet").exists()  # a query that planned with it may still read it
-    write_versions(series, 3, 11, 12, set())
-    consolidate(series, "s", now=1000.0 + 120)
-    assert not (series.dir("s") / "v0000000001.parquet").exists()
+    assert not list(d.glob("v*.parquet"))  # every version folded, none kept
+
+    written = {(r["w"], r["k"]) for v in range(1, 11) for r in version_rows(3, v, v // 3 + 1)}
+    write_versions(series, 3, 11, 14, written)
+    ctx = SessionContext()
+    register_series(ctx, "s", d)
+    stream = ctx.sql("SELECT w, k, x FROM s").execute_stream()  # planned over the base and the tail
+    consolidate(series, "s", now=2000.0)
+    assert (d / "v0000000011.parquet").exists()  # the query may still open it
+    assert canon(pa.Table.from_batches([b.to_pyarrow() for b in stream])) == \
+        canon(reference(3, 14).to_arrow_table())
+    del stream, ctx  # the query is done: its lease goes with its context
+
+    holder = subprocess.Popen([PYTHON, "-c", "import sys, time; from pathlib import Path; "
+                               "from pondstream.state.leases import Lease; l = Lease(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(d)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        write_versions(series, 3, 15, 16, written)
+        consolidate(series, "s", now=2010.0)  # a reader in another process: nothing goes, even past grace
+        assert (d / "v0000000011.parquet").exists() and (d / "v0000000015.parquet").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    write_versions(series, 3, 17, 17, written)
+    consolidate(series, "s", now=2011.0)  # no reader: everything replaced so far goes
+    assert not [p.name for p in d.glob("v*.parquet")]
+    assert query(series, "SELECT w, k, x FROM s") == canon(reference(3, 17).to_arrow_table())
+    series.store.close()
+
+
+def test_busy_readers_fall_back_to_the_grace_period(tmp_path):
+    from pondstream.state.leases import Lease
+
+    series = open_series(tmp_path)
+    d = series.dir("s")
+    write_versions(series, 3, 1, 10, set())
+    with Lease(d):
+        consolidate(series, "s", now=1000.0)
+        assert (d / "v0000000001.parquet").exists()
+        write_versions(series, 3, 11, 12, set())
+        consolidate(series, "s", now=1000.0 + 120)  # still read, but past its grace: deleted
+        assert not (d / "v0000000001.parquet").exists() and (d / "v0000000011.parquet").exists()
     series.store.close()
 
 
