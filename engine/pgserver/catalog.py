@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 PUBLIC_OID, CATALOG_OID, INFO_OID, OWNER_OID, DATABASE_OID = 2200, 11, 13000, 10, 16383
 FIRST_TABLE_OID = 16384
-I, T, B = pa.int64(), pa.string(), pa.bool_()
+I, T, B = pa.int64(), pa.string(), pa.bool_()  # noqa: E741 (short names keep the tables readable)
 
 # name -> columns (the ones psql, SQLAlchemy, DBeaver and Grafana read); tables left empty are listed too
 COLUMNS: dict[str, dict[str, pa.DataType]] = {
@@ -105,7 +105,7 @@ FUNCTIONS = {"version", "current_schema", "current_database", "current_schemas",
              "pg_get_viewdef", "pg_relation_size", "pg_total_relation_size", "pg_backend_pid", "shobj_description",
              "pg_is_in_recovery", "pg_postmaster_start_time", "txid_current", "pg_get_constraintdef",
              "pg_get_indexdef", "pg_type_is_visible", "pg_function_is_visible", "quote_ident", "inet_server_addr",
-             "pg_get_keywords", "current_setting", "pg_size_pretty"}
+             "pg_get_keywords", "current_setting", "pg_size_pretty", "to_regtype"}
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 _REWRITES = [
     (re.compile(r"OPERATOR\s*\(\s*(?:pg_catalog\s*\.\s*)?([~!<>=*]+)\s*\)", re.I), r"\1"),
@@ -364,3 +364,5 @@ def _functions(ctx: SessionContext, session: Session) -> None:
     _scalar(lambda: 0, [], I, "pg_backend_pid", ctx)
     _scalar(lambda name: session.settings.get(name.lower()), [T], T, "current_setting", ctx)
     _scalar(lambda n: f"{n} bytes", [I], T, "pg_size_pretty", ctx)
+    by_name = {name: oid for oid, name in _TYPNAMES.items()} | {v[0]: oid for oid, v in PG_TYPES.items()}
+    _scalar(lambda name: by_name.get((name or "").lower()), [T], I, "to_regtype", ctx)

@@ -43,6 +43,7 @@ from buenavista.postgres import (
 
 from pondstream.engine.pgserver import params as bind_params
 from pondstream.engine.pgserver.catalog import Catalog
+from pondstream.engine.pgserver.catalog import rewrite as rewrite_catalog
 from pondstream.engine.pgserver.encode import data_rows, pg_oid
 from pondstream.engine.pgserver.errors import PgError, from_exception
 from pondstream.engine.pgserver.session import SETTINGS, STARTUP_PARAMETERS, Result, Session
@@ -279,6 +280,8 @@ class PgHandler(BuenaVistaHandler):
             raise PgError("0A000", "binary result format is not supported", "request text results (the default)")
         if portal in ctx.portals:
             ctx.portals.pop(portal).close()
+        if self.server.catalog.handles(sql):  # before binding re-renders it: reg* casts become CAST(... AS REGTYPE)
+            sql = rewrite_catalog(sql)
         ctx.portals[portal] = _Portal(bind_params.bind(sql, values), result_formats)
         self.send_bind_complete()
 
