@@ -107,6 +107,7 @@ FUNCTIONS = {"version", "current_schema", "current_database", "current_schemas",
              "pg_get_indexdef", "pg_type_is_visible", "pg_function_is_visible", "quote_ident", "inet_server_addr",
              "pg_get_keywords", "current_setting", "pg_size_pretty", "to_regtype"}
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
+_CALL = re.compile(r"([a-z_][a-z0-9_]*)\s*\(")
 _REWRITES = [
     (re.compile(r"OPERATOR\s*\(\s*(?:pg_catalog\s*\.\s*)?([~!<>=*]+)\s*\)", re.I), r"\1"),
     (re.compile(r"\s+COLLATE\s+(?:pg_catalog\s*\.\s*)?(?:\"?default\"?|\"C\"|\"POSIX\")", re.I), ""),
@@ -208,8 +209,7 @@ class Catalog:
         low = sql.lower()
         if "pg_catalog" in low or "information_schema" in low:
             return True
-        words = set(_WORD.findall(low))
-        return bool(words & (set(COLUMNS) | FUNCTIONS))
+        return bool(set(_WORD.findall(low)) & set(COLUMNS) or set(_CALL.findall(low)) & FUNCTIONS)
 
     def tables(self) -> list[tuple[int, str, list[tuple[str, pa.DataType]]]]:
         """(oid, name, visible columns) of every series, oids in name order from FIRST_TABLE_OID."""
