@@ -25,6 +25,7 @@ pondstream: streaming SQL with windowed materialized views.
   pondstream cat hourly_sales           print one view, optionally for a time range
   pondstream status                     what each view has read, its watermark and output
   pondstream compact [VIEW]             fold many small versions into a few large files now
+  pondstream serve [--port 5433]        answer psql, psycopg, BI tools (PostgreSQL protocol, read-only)
 
 State (RocksDB, the view's Parquet files and their log) lives in --state-dir, by default
 $PONDSTREAM_STATE_DIR or ./pondstream-data.
@@ -34,6 +35,15 @@ $PONDSTREAM_STATE_DIR or ./pondstream-data.
 def _state_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help=f"where state and view files live (default: {default_state_dir()})")
+
+
+def _serve_args(p: argparse.ArgumentParser, port: bool) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs a password)")
+    if port:
+        p.add_argument("--port", type=int, default=5433, help="TCP port (default 5433)")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is the password clients must give (else $PONDSTREAM_PASSWORD)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-interval", type=float, default=1.0, metavar="SECONDS",
                      help="how often state is committed and closed windows are written (default 1)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--serve", type=int, default=None, metavar="PORT",
+                     help="also answer the PostgreSQL protocol on PORT while running (as `pondstream serve`; "
+                          "--host, --password-file as there)")
+    _serve_args(run, port=False)
 
     q = sub.add_parser("query", help="run a SQL query over the materialized views",
                        description="Run SQL over the views with DataFusion. Each view is a table showing "
@@ -104,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--partitions", type=int, default=4, help="partitions for a new topic (default 4)")
     pr.add_argument("--key", metavar="FIELD", help="JSON field to key (and partition) messages by")
 
+    sv = sub.add_parser("serve", help="answer the PostgreSQL wire protocol over the views (read-only)",
+                        description="Serve the views to psql, psycopg, SQLAlchemy/pandas, Grafana, DBeaver and "
+                                    "other PostgreSQL clients. Queries mean what `pondstream query` means (latest "
+                                    "versions, VERSION AS OF, point lookups); anything that writes is refused. "
+                                    "Loopback only unless a password is set (PONDSTREAM_PASSWORD or "
+                                    "--password-file). No TLS. Runs until Ctrl-C.")
+    _state_dir_arg(sv)
+    _serve_args(sv, port=True)
+
     s = sub.add_parser("status", help="progress of each view: position, watermark, windows, output",
                        description="Show what the last (or running) pipeline has done, per view.")
     _state_dir_arg(s)
@@ -138,6 +161,32 @@ def cmd_run(args) -> int:
     from pondstream.engine.api import Engine
 
     engine = Engine(args.state_dir)
+    server = _start_server(args, engine.state_dir, args.serve) if args.serve is not None else None
+    try:
+        progress = _run(args, path, engine)
+    finally:
+        if server is not None:
+            server.close()
+    if not args.quiet:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(f"done: {progress.events:,} events in {progress.checkpoints} checkpoints "
+              f"({progress.rate:,.0f}/s), {progress.versions} versions written, {progress.late} late, "
+              f"{progress.bad} bad records; state in {engine.state_dir}", file=sys.stderr)
+    return 0
+
+
+def _start_server(args, state_dir, port: int):
+    """The PostgreSQL server of `serve` / `run --serve`, started on a background thread."""
+    from pondstream.engine.serve import Server, read_password
+
+    server = Server(state_dir, args.host, port, read_password(args.password_file)).start()
+    print(f"serving the views on postgresql://{server.host}:{server.port} (read-only; psql -h {server.host} "
+          f"-p {server.port})", file=sys.stderr)
+    return server
+
+
+def _run(args, path: Path, engine):
     with engine:
         for msg in engine.execute(path.read_text(), reset=args.reset):
             if isinstance(msg, str) and not args.quiet:
@@ -152,13 +201,20 @@ def cmd_run(args) -> int:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        progress = engine.run(stop, args.checkpoint_interval, _progress_printer(args.quiet))
-    if not args.quiet:
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print(f"done: {progress.events:,} events in {progress.checkpoints} checkpoints "
-              f"({progress.rate:,.0f}/s), {progress.versions} versions written, {progress.late} late, "
-              f"{progress.bad} bad records; state in {engine.state_dir}", file=sys.stderr)
+        return engine.run(stop, args.checkpoint_interval, _progress_printer(args.quiet))
+
+
+def cmd_serve(args) -> int:
+    from pondstream.engine.api import Engine
+
+    state_dir = Engine(args.state_dir).state_dir
+    server = _start_server(args, state_dir, args.port)
+    try:
+        threading.Event().wait()  # until Ctrl-C / SIGTERM
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0
 
 
@@ -282,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status, "compact": cmd_compact,
-                    "broker": cmd_broker, "produce": cmd_produce}
+                    "broker": cmd_broker, "produce": cmd_produce, "serve": cmd_serve}
         return commands[args.command](args)
     except BrokenPipeError:  # the reader went away (`pondstream query ... | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,0 +1,102 @@
+"""Bind parameters: decode what the client sent (text or binary, by type OID) and put the values into
+the statement's syntax tree as literal nodes.
+
+Why literals in the tree rather than DataFusion `param_values`: the engine's point-lookup route
+(engine/lookup.py) recognises `WHERE key = <literal>` only, so a `$1` bound by DataFusion would turn
+every psycopg lookup into a full scan. The value never becomes SQL text the client wrote: it is a
+sqlglot Literal (or Boolean/Null) node, rendered by the generator with the quoting the engine's own
+parser reads back, so a value cannot change the statement's shape (tests/test_serve.py tries).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from pondstream.engine.pgserver.encode import (
+    BOOL_OID,
+    FLOAT4_OID,
+    FLOAT8_OID,
+    INT2_OID,
+    INT4_OID,
+    INT8_OID,
+    NUMERIC_OID,
+)
+from pondstream.engine.pgserver.errors import PgError
+from pondstream.sql.dialect import StreamSQL
+
+_BINARY = {INT2_OID: "!h", INT4_OID: "!i", INT8_OID: "!q", FLOAT4_OID: "!f", FLOAT8_OID: "!d"}
+_TEXT_TYPES = {25, 1043, 1042, 19, 0, 705, 114, 3802}  # text, varchar, bpchar, name, unknown, json(b)
+
+
+def decode(raw: bytes | None, oid: int, fmt: int) -> Any:
+    """One parameter value as Python: None, bool, int, float, Decimal or str (dates, timestamps and
+    anything else stay text, which DataFusion coerces where the column's type needs it)."""
+    if raw is None:
+        return None
+    if fmt == 1:
+        if oid in _BINARY:
+            return struct.unpack(_BINARY[oid], raw)[0]
+        if oid == BOOL_OID:
+            return raw != b"\x00"
+        if oid in _TEXT_TYPES:
+            return raw.decode("utf-8")
+        raise PgError("0A000", f"a binary parameter of type OID {oid} is not supported",
+                      "send parameters in text format (psycopg: the default %s placeholders)")
+    text = raw.decode("utf-8")
+    try:
+        if oid in (INT2_OID, INT4_OID, INT8_OID):
+            return int(text)
+        if oid in (FLOAT4_OID, FLOAT8_OID):
+            return float(text)
+        if oid == NUMERIC_OID:
+            return Decimal(text)
+    except (ValueError, InvalidOperation):
+        raise PgError("22P02", f"invalid input for a parameter of type OID {oid}: {text[:80]!r}") from None
+    if oid == BOOL_OID:
+        return text.strip().lower() in ("t", "true", "1", "y", "yes", "on")
+    return text
+
+
+def literal(value: Any) -> exp.Expression:
+    """The syntax-tree node for one bound value."""
+    if value is None:
+        return exp.Null()
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, int):
+        node = exp.Literal.number(abs(value))
+        return exp.Neg(this=node) if value < 0 else node
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return exp.Cast(this=exp.Literal.string(repr(value)), to=exp.DataType.build("DOUBLE"))
+        node = exp.Literal.number(repr(abs(value)))
+        return exp.Neg(this=node) if value < 0 or math.copysign(1, value) < 0 else node
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise PgError("22P02", f"a parameter {value} is not a finite number")
+        node = exp.Literal.number(str(abs(value)))
+        return exp.Neg(this=node) if value.is_signed() else node
+    return exp.Literal.string(str(value))
+
+
+def bind(sql: str, values: Sequence[Any]) -> str:
+    """`sql` with each `$n` replaced by the literal node of values[n-1]."""
+    if not values and "$" not in sql:
+        return sql
+    try:
+        tree = sqlglot.parse_one(sql, read=StreamSQL)
+    except (sqlglot.errors.SqlglotError, RecursionError) as e:
+        raise PgError("42601", f"cannot bind parameters: the statement does not parse: {str(e)[:300]}") from None
+    for p in list(tree.find_all(exp.Parameter)):
+        n = p.this.name if isinstance(p.this, exp.Expression) else str(p.this)
+        if not n.isdigit() or not 1 <= int(n) <= len(values):
+            raise PgError("08P01", f"${n} has no bound value ({len(values)} parameter(s) were sent)")
+        p.replace(literal(values[int(n) - 1]))
+    return tree.sql(dialect=StreamSQL)
