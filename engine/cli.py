@@ -330,6 +330,22 @@ def _user_error(e: Exception) -> str | None:
     return None
 
 
+class _NoPandas:
+    """An import finder that says pandas is not installed (see `entry`)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("the pondstream CLI does not use pandas", name=name)
+
+
+def entry() -> None:
+    """The `pondstream` command. If pandas is installed, pyarrow imports it (~0.25 s) the first time a
+    Python value becomes an Arrow scalar, and datafusion does that on import; nothing the CLI does
+    needs pandas, so the command hides it. (`main` is what tests and embedders call; it hides nothing.)"""
+    sys.meta_path.insert(0, _NoPandas())
+    entry()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -355,4 +371,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
