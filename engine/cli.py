@@ -343,7 +343,7 @@ def entry() -> None:
     Python value becomes an Arrow scalar, and datafusion does that on import; nothing the CLI does
     needs pandas, so the command hides it. (`main` is what tests and embedders call; it hides nothing.)"""
     sys.meta_path.insert(0, _NoPandas())
-    entry()
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
