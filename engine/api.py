@@ -47,7 +47,16 @@ from pondstream.state.paths import (
     series_dir,
     shown,
 )
-from pondstream.state.series import HEAD, LOG, META, SeriesStore, Snapshot, read_snapshot, series_meta
+from pondstream.state.series import (
+    HEAD,
+    LOG,
+    META,
+    SeriesStore,
+    Snapshot,
+    read_snapshot,
+    series_meta,
+    start_column,
+)
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
@@ -474,7 +483,7 @@ class Engine:
             raise EngineError(f"no view named {shown(view)}; known: {', '.join(names) or 'none'}")
         d = series_dir(self._series_root(), real)
         meta, schema = series_meta(d)
-        tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
+        tcol = start_column(meta)
         params, conds, bounds = {}, [], {}
         for option, text, op in (("--time-start", time_start, ">="), ("--time-end", time_end, "<")):
             if text is None:
@@ -536,7 +545,7 @@ class Engine:
         if meta.get("identity") and any(e.get("supersedes") for e in snap.tail):
             return None  # base rows are one per identity; only the tail may replace some
         entries = _latest_files(snap)
-        tcol = next((c for c, b in meta["time_columns"].items() if b == "start"), None)
+        tcol = start_column(meta)
         start = _timestamp(time_start, "--time-start").cast(pa.int64()).as_py() if time_start else None
         end = _timestamp(time_end, "--time-end").cast(pa.int64()).as_py() if time_end else None
         total = 0

@@ -39,7 +39,7 @@ from pondstream.state.files import damaged
 from pondstream.state.keys import KeyFile, key_columns, live_parts, only_parts
 from pondstream.state.leases import Lease
 from pondstream.state.paths import series_dir
-from pondstream.state.series import Snapshot, read_snapshot, series_meta
+from pondstream.state.series import Snapshot, read_snapshot, series_meta, start_column
 from pondstream.state.table import damaged_file, quote, visible_columns
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     if why_not is not None:
         return _scan(f"{real} cannot be looked up: {why_not}", real)
     columns = visible_columns(meta, schema)
-    tcol = next((c for c, b in meta.get("time_columns", {}).items() if b == "start"), None)
+    tcol = start_column(meta)
     where = tree.args.get("where")
     if where is None:
         return _scan(f"no WHERE fixing {', '.join(keys)}", real)

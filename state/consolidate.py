@@ -33,7 +33,14 @@ import pyarrow.parquet as pq
 
 from pondstream.state.keys import PART, KeyFile, key_columns, live_parts, only_parts, write_key_file
 from pondstream.state.leases import no_readers
-from pondstream.state.series import ROW_GROUP, SeriesStore, _write_parquet, series_meta, time_ranges
+from pondstream.state.series import (
+    ROW_GROUP,
+    SeriesStore,
+    _write_parquet,
+    series_meta,
+    time_ranges,
+    window_column,
+)
 from pondstream.state.store import Txn
 
 TARGET_BYTES = 64 << 20  # in memory per base file (tens of MB of Parquet at most)
@@ -67,7 +74,7 @@ def consolidate(series: SeriesStore, name: str, upto: int | None = None,
     d = series.dir(name)
     meta, schema = series_meta(d)
     identity = meta.get("identity") or []
-    tcol = next((c for c in identity if meta["time_columns"].get(c) == "start"), None)
+    tcol = window_column(meta)
     file_schema = schema.append(pa.field("_version", pa.int64()))
     replaces = bool(identity) and any(e.get("supersedes") for e in tail)
     keys, why_not = key_columns(meta, schema)

@@ -331,6 +331,18 @@ def read_log(d: Path) -> list[dict[str, Any]]:
     return read_snapshot(d).tail
 
 
+def start_column(meta: dict[str, Any]) -> str | None:
+    """The column holding window starts (a view's window column, a late series' event time): what
+    `--time-start`/`--time-end` and lookups' window ranges filter, and what file ranges prune by."""
+    return next((c for c, b in meta.get("time_columns", {}).items() if b == "start"), None)
+
+
+def window_column(meta: dict[str, Any]) -> str | None:
+    """The window-start column among a series' identity (None for late/error series and running
+    aggregates): bases are sorted by it, and a tail version can replace only rows of its windows."""
+    return next((c for c in meta.get("identity") or [] if meta["time_columns"].get(c) == "start"), None)
+
+
 def series_meta(d: Path) -> tuple[dict[str, Any], pa.Schema]:
     """The series description and schema, verified against each other."""
     meta = read_json(d / META)

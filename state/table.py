@@ -19,7 +19,7 @@ from datafusion import SessionContext, SQLOptions
 from pondstream.state.consolidate import SUPERSEDED_BY, replaceable
 from pondstream.state.errors import EngineError
 from pondstream.state.leases import hold
-from pondstream.state.series import EMPTY, read_snapshot, series_meta
+from pondstream.state.series import EMPTY, read_snapshot, series_meta, window_column
 
 TS = pa.timestamp("us")
 # Queries only read: no COPY ... TO, CREATE EXTERNAL TABLE, INSERT, SET, PREPARE.
@@ -85,7 +85,7 @@ def register_series(ctx: SessionContext, name: str, series_dir: Path, as_of: int
         ctx.register_dataset(raw, _dataset(series_dir, entries, schema))
         return raw
 
-    tcol = next((c for c in identity if meta["time_columns"].get(c) == "start"), None)
+    tcol = window_column(meta)
     replaces = bool(identity) and any(e.get("supersedes") for e in tail)
     dirty = replaceable(files, tail, tcol) if replaces else []
     clean = [f for f in files if f not in dirty]
