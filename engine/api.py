@@ -559,13 +559,18 @@ class Engine:
             total += e["rows"]
         return total
 
+    def series_figures(self) -> dict[str, dict]:
+        """Versions, rows written, files and last write of every series: read from the series logs, no
+        query, so /metrics can take them at scrape time."""
+        return {n: {"versions": s.versions, "rows": s.rows_written, "files": s.files,
+                    "last_written_at": s.last_written_at}
+                for n in self.series_names() if (s := self._snapshot(n)) is not None}
+
     def status(self) -> dict:
         """Progress of the last or current run (status.json) and per-view series figures."""
         status = read_json(self.state_dir / "status.json", STATUS_REPAIR, required=False, sealed=False) or {}
         status["state_dir"] = str(self.state_dir)
-        status["series"] = {n: {"versions": s.versions, "rows": s.rows_written, "files": s.files,
-                                "last_written_at": s.last_written_at}
-                            for n in self.series_names() if (s := self._snapshot(n)) is not None}
+        status["series"] = self.series_figures()
         for name, s in status["series"].items():
             if name.endswith("__errors") and s["rows"]:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")

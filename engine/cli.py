@@ -27,6 +27,8 @@ pondstream: streaming SQL with windowed materialized views.
   pondstream compact [VIEW]             fold many small versions into a few large files now
   pondstream serve [--port 5433]        answer psql, psycopg, BI tools (PostgreSQL protocol, read-only)
 
+  run and serve take --metrics-port 9464 for Prometheus metrics on http://127.0.0.1:9464/metrics.
+
 State (RocksDB, the view's Parquet files and their log) lives in --state-dir, by default
 $PONDSTREAM_STATE_DIR or ./pondstream-data.
 """
@@ -44,6 +46,13 @@ def _serve_args(p: argparse.ArgumentParser, port: bool) -> None:
         p.add_argument("--port", type=int, default=5433, help="TCP port (default 5433)")
     p.add_argument("--password-file", metavar="FILE",
                    help="file whose first line is the password clients must give (else $PONDSTREAM_PASSWORD)")
+
+
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (conventionally 9464)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address of the metrics endpoint (default 127.0.0.1; it has no password)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also answer the PostgreSQL protocol on PORT while running (as `pondstream serve`; "
                           "--host, --password-file as there)")
     _serve_args(run, port=False)
+    _metrics_args(run)
 
     q = sub.add_parser("query", help="run a SQL query over the materialized views",
                        description="Run SQL over the views with DataFusion. Each view is a table showing "
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--password-file). No TLS. Runs until Ctrl-C.")
     _state_dir_arg(sv)
     _serve_args(sv, port=True)
+    _metrics_args(sv)
 
     s = sub.add_parser("status", help="progress of each view: position, watermark, windows, output",
                        description="Show what the last (or running) pipeline has done, per view.")
@@ -161,12 +172,16 @@ def cmd_run(args) -> int:
     from pondstream.engine.api import Engine
 
     engine = Engine(args.state_dir)
-    server = _start_server(args, engine.state_dir, args.serve) if args.serve is not None else None
+    metrics = _start_metrics(args, engine.state_dir)
+    server = None
     try:
-        progress = _run(args, path, engine)
+        server = _start_server(args, engine.state_dir, args.serve, metrics) if args.serve is not None else None
+        progress = _run(args, path, engine, metrics)
     finally:
         if server is not None:
             server.close()
+        if metrics is not None:
+            metrics.close()
     if not args.quiet:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
@@ -176,17 +191,28 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _start_server(args, state_dir, port: int):
+def _start_metrics(args, state_dir):
+    """The Prometheus endpoint of `--metrics-port` (None without it), started on a background thread."""
+    if args.metrics_port is None:
+        return None
+    from pondstream.engine.metrics import Metrics
+
+    metrics = Metrics(state_dir).start(args.metrics_port, args.metrics_host)
+    print(f"metrics on http://{metrics.host}:{metrics.port}/metrics", file=sys.stderr)
+    return metrics
+
+
+def _start_server(args, state_dir, port: int, metrics=None):
     """The PostgreSQL server of `serve` / `run --serve`, started on a background thread."""
     from pondstream.engine.serve import Server, read_password
 
-    server = Server(state_dir, args.host, port, read_password(args.password_file)).start()
+    server = Server(state_dir, args.host, port, read_password(args.password_file), metrics).start()
     print(f"serving the views on postgresql://{server.host}:{server.port} (read-only; psql -h {server.host} "
           f"-p {server.port})", file=sys.stderr)
     return server
 
 
-def _run(args, path: Path, engine):
+def _run(args, path: Path, engine, metrics=None):
     with engine:
         for msg in engine.execute(path.read_text(), reset=args.reset):
             if isinstance(msg, str) and not args.quiet:
@@ -201,20 +227,36 @@ def _run(args, path: Path, engine):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        return engine.run(stop, args.checkpoint_interval, _progress_printer(args.quiet))
+        show = _progress_printer(args.quiet)
+        if metrics is None:
+            return engine.run(stop, args.checkpoint_interval, show)
+
+        def on_progress(p: Progress) -> None:
+            metrics.on_checkpoint(p)
+            show(p)
+
+        return engine.run(stop, args.checkpoint_interval, on_progress)
 
 
 def cmd_serve(args) -> int:
     from pondstream.engine.api import Engine
 
     state_dir = Engine(args.state_dir).state_dir
-    server = _start_server(args, state_dir, args.port)
+    metrics = _start_metrics(args, state_dir)
+    try:
+        server = _start_server(args, state_dir, args.port, metrics)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     try:
         threading.Event().wait()  # until Ctrl-C / SIGTERM
     except KeyboardInterrupt:
         pass
     finally:
         server.close()
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +158,23 @@ class Progress:
     health: str | None = None
     checkpoint_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # the latest ones
     consolidations: int = 0
+    events_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stream, partition or "")
+    bad_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stream, reason category)
+
+    def read(self, stream: str, n: int, partitions: np.ndarray | None) -> None:
+        """Count `n` events of `stream` (per partition, for /metrics: one np.unique per batch)."""
+        self.events += n
+        if partitions is None:
+            self.events_by[(stream, "")] += n
+        else:
+            ids, counts = np.unique(partitions, return_counts=True)
+            self.events_by.update({(stream, str(i)): c for i, c in zip(ids.tolist(), counts.tolist(), strict=True)})
+
+    def rejected(self, stream: str, bad: pa.Table) -> None:
+        """Count bad records (BAD_RECORD_SCHEMA) by their reason, a small fixed set (source.reason)."""
+        self.bad += bad.num_rows
+        for r in bad.column("reason").value_counts().to_pylist():
+            self.bad_by[(stream, r["values"])] += r["counts"]
 
     @property
     def rate(self) -> float:
@@ -253,7 +270,7 @@ class Runner:
         n_bad = 0 if sb.bad is None else sb.bad.num_rows
         if n_bad:
             g.bad.append(sb.bad)
-            self.progress.bad += n_bad
+            self.progress.rejected(g.stream.stmt.name, sb.bad)
         for v in g.views:  # the accounting a user can check: read = view input + errors
             v.meta["records_read"] = v.meta.get("records_read", 0) + data.num_rows + n_bad
             v.meta["records_bad"] = v.meta.get("records_bad", 0) + n_bad
@@ -266,7 +283,7 @@ class Runner:
                                            set(assign(ts, v.plan.window)[1].tolist()))
             if sb.watermark is not None:
                 g.watermark.advance_to(sb.watermark)
-            self.progress.events += data.num_rows
+            self.progress.read(g.stream.stmt.name, data.num_rows, sb.partitions)
             return
         data = data.add_column(0, "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
         ts = data.column(g.stream.stmt.event_time).cast(pa.int64()).to_numpy(zero_copy_only=False)
@@ -275,7 +292,7 @@ class Runner:
             r = v.op.process(data, wm)
             if r.errors:
                 g.bad.append(failed_rows(sb, data, r.errors))
-                self.progress.bad += len(r.errors)
+                self.progress.rejected(g.stream.stmt.name, g.bad[-1])
                 v.meta["records_bad"] += len(r.errors)
             if r.partials is not None:
                 v.pending.append(r.partials)
@@ -288,7 +305,7 @@ class Runner:
                 rows = rows.append_column("_window_start", pa.array(starts).cast(TS))
                 v.late.append(rows.append_column("_watermark", pa.array(wm[r.late_rows]).cast(TS)))
                 self.progress.late += rows.num_rows
-        self.progress.events += data.num_rows
+        self.progress.read(g.stream.stmt.name, data.num_rows, sb.partitions)
 
     def checkpoint(self) -> None:
         """Commit one epoch: state runs, emitted windows, positions and watermarks, atomically."""
@@ -312,7 +329,7 @@ class Runner:
                 for rows, msg in v.op.final_errors:  # windows whose select list failed to evaluate
                     g.bad.append(bad_records(f"view {v.plan.name}", [0] * rows.num_rows,
                                              failed_windows(v.plan, rows), [msg] * rows.num_rows))
-                    self.progress.bad += rows.num_rows
+                    self.progress.rejected(g.stream.stmt.name, g.bad[-1])
                 v.op.final_errors = []
             if g.bad:
                 self.series.write(txn, errors_series(g.stream.stmt.name),
@@ -564,6 +581,7 @@ class Runner:
                 views[v.plan.name] = {
                     "stream": g.stream.stmt.name, "source": g.source.describe(),
                     "position": g.position, "watermark": ts_text(g.watermark.value),
+                    "watermark_us": g.watermark.value,
                     "held_back_by": None if g.source.finished or held is None else (
                         f"partition {held}" + (" (no data yet)" if g.watermark.max_event.get(held) is None
                                                else "")),

@@ -17,8 +17,12 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pondstream.state.errors import EngineError
+
+if TYPE_CHECKING:
+    from pondstream.engine.metrics import Metrics
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 5433
 
@@ -58,7 +62,7 @@ class Server:
     """A running server: its address, and `close()` to stop it (the listening thread and new sessions)."""
 
     def __init__(self, state_dir: str | os.PathLike | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 password: str | None = None) -> None:
+                 password: str | None = None, metrics: Metrics | None = None) -> None:
         from pondstream.engine.api import Engine
         from pondstream.engine.pgserver.protocol import PgServer
 
@@ -68,6 +72,7 @@ class Server:
             self._server = PgServer((host, port), self.engine, password)
         except OSError as e:
             raise EngineError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port") from None
+        self._server.metrics = metrics  # a Metrics counts and times the queries
         self.host, self.port = self._server.server_address[:2]
         self._thread: threading.Thread | None = None
 

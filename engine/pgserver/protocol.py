@@ -27,6 +27,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -82,6 +83,7 @@ class PgContext(BVContext):
         self.pg = session
         self.portals: dict[str, _Portal] = {}
         self.cancelled = threading.Event()
+        self.failures = 0  # errors sent for queries, so the metrics hook can tell how one ended
 
     def transaction_status(self) -> bytes:
         return self.pg.tx.encode()
@@ -201,6 +203,20 @@ class PgHandler(BuenaVistaHandler):
 
     # -- messages ----------------------------------------------------------------------------------
     def _dispatch(self, ctx: PgContext, code: bytes, payload: bytes) -> None:
+        """One message; a Query or an Execute that runs is counted and timed for --metrics-port (a client
+        gone mid-result counts as an error)."""
+        metrics = self.server.metrics
+        if metrics is None or not (code == ClientCommand.QUERY or code == ClientCommand.EXECUTE and not ctx.has_error):
+            self._handle(ctx, code, payload)
+            return
+        began, failures, ok = time.perf_counter(), ctx.failures, False
+        try:
+            self._handle(ctx, code, payload)
+            ok = ctx.failures == failures
+        finally:
+            metrics.query_done(time.perf_counter() - began, ok)
+
+    def _handle(self, ctx: PgContext, code: bytes, payload: bytes) -> None:
         if code == ClientCommand.QUERY:
             self._simple_query(ctx, payload)
             return
@@ -229,6 +245,7 @@ class PgHandler(BuenaVistaHandler):
             ctx.has_error = True
 
     def _query_failed(self, ctx: PgContext, err: PgError) -> None:
+        ctx.failures += 1
         ctx.pg.failed()
         self.send_error(err)
 
@@ -442,6 +459,7 @@ class PgServer(BuenaVistaServer):
         socketserver.ThreadingTCPServer.__init__(self, address, PgHandler)
         self.conn, self.rewriter, self.extensions, self.auth = _NoSessions(), None, {}, None
         self.engine, self.password = engine, password
+        self.metrics: Any = None  # a Metrics (engine/metrics.py) when --metrics-port is given
         self.catalog = Catalog(engine)
         self.ctxts: dict[int, PgContext] = {}
         self._lock = threading.Lock()
