@@ -39,3 +39,11 @@ def running_max(values: np.ndarray, change: np.ndarray) -> np.ndarray:
         return np.maximum.accumulate(rel + group * span) - group * span + low
     return np.concatenate([np.maximum.accumulate(values[a:b])
                            for a, b in zip(starts, [*starts[1:], len(values)], strict=True)])
+
+
+def key_in(table: pa.Table, subset: pa.Table, keys: list[str]) -> pa.Array:
+    """Rows of `table` whose key tuple appears in `subset` (NULL keys match NULL keys)."""
+    def strings(t: pa.Table) -> pa.Array:
+        parts = [pc.fill_null(t.column(k).cast(pa.string()), "\u2205") for k in keys]
+        return pc.binary_join_element_wise(*parts, "\u001f")
+    return pc.is_in(strings(table), value_set=strings(subset).combine_chunks())
