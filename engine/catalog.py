@@ -95,7 +95,7 @@ class Catalog:
         return None
 
     def views_of(self, stream: str) -> list[str]:
-        return [n for n, v in self.views.items() if v.plan.stream == stream]
+        return [n for n, v in self.views.items() if stream in v.plan.inputs]
 
     def save(self) -> None:
         """Replace catalog.json atomically (the caller holds the state dir's lock)."""

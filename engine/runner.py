@@ -27,6 +27,8 @@ from pondstream.engine.catalog import Catalog, StreamEntry
 from pondstream.engine.compaction import NO_PIN, pins, retention_us
 from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
+from pondstream.operators.interval_join_view import LATE_SCHEMA as JOIN_LATE_SCHEMA
+from pondstream.operators.interval_join_view import IntervalJoinView
 from pondstream.operators.prefetch import Prefetch
 from pondstream.operators.recomputed_view import RecomputedView
 from pondstream.operators.running_view import RunningView
@@ -81,21 +83,31 @@ def ts_text(us: int | None) -> str:
 def ensure_series(series: SeriesStore, plan: ViewPlan, stream_schema: pa.Schema) -> None:
     hidden = [c for c in plan.output_schema.names if c.startswith("_")]
     series.ensure(plan.name, plan.output_schema, "view", plan.identity_columns, plan.time_columns, hidden)
+    if plan.join is not None:  # late rows of either side, as JSON
+        series.ensure(late_series(plan.name), JOIN_LATE_SCHEMA, "late", [], {"_event_time": "start"})
+        return
     late_schema = stream_schema.append(pa.field("_window_start", TS)).append(pa.field("_watermark", TS))
     series.ensure(late_series(plan.name), late_schema, "late", [], {plan.event_time: "start"})
+
+
+def input_meta(meta: dict[str, Any], i: int) -> dict[str, Any]:
+    """Where a view's checkpoint record keeps input i's position and watermark state (the record itself
+    for the first input, as before joins existed)."""
+    return meta if i == 0 else meta.setdefault("inputs", {}).setdefault(str(i), {})
 
 
 # The operator of each kind of view (operators/view_operator.py has the interface); a view over another
 # view is recomputed from it whatever its window.
 OPERATORS: dict[str, type[ViewOperator]] = {
     "tumble": WindowedView, "hop": WindowedView, "cumulate": WindowedView,
-    "session": SessionView, "running": RunningView,
+    "session": SessionView, "running": RunningView, "join": IntervalJoinView,
 }
 
 
 @dataclass
 class ViewRun:
     op: ViewOperator
+    groups: list[Group] = field(default_factory=list)  # the group of each input (two for a join)
     sink: Any = None  # a KafkaSink when the view publishes
 
     @property
@@ -114,7 +126,7 @@ class Group:
     stream: StreamEntry
     source: Source
     watermark: Watermark
-    views: list[ViewRun]
+    views: list[tuple[ViewRun, int]]  # the views reading this stream, and which of their inputs it is
     position: Any
     bad: list[pa.Table] = field(default_factory=list)
     final_committed: bool = False  # a bounded source ended and the checkpoint flushing everything landed
@@ -172,41 +184,50 @@ class Runner:
     def _groups(self) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
         self.groups_so_far = groups.values()
+        self.views: list[ViewRun] = []
         for name, entry in self.catalog.views.items():  # definition order: upstream views come first
             plan = entry.plan
-            stream = self.catalog.source_entry(plan.stream)
-            ensure_series(self.series, plan, stream.stmt.schema)
+            ensure_series(self.series, plan, self.catalog.source_entry(plan.stream).stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
-            key = (plan.stream, json.dumps(meta.get("position"), sort_keys=True))
-            if key not in groups:
-                if plan.stream in self.catalog.streams:
-                    self.series.ensure(errors_series(plan.stream), BAD_RECORD_SCHEMA, "errors")
-                src = self._view_source(plan.stream, meta.get("position")) if plan.stream in self.catalog.views \
-                    else make_source(stream, meta.get("position"))
-                if src.prefetch_safe:  # read the next batch while this one is aggregated
-                    src = Prefetch(src)
-                idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
-                wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
-                # A source that resolved its start (Kafka 'latest'/'timestamp') has that in the first checkpoint.
-                groups[key] = Group(stream, src, wm, [], meta.get("position") or src.position())
-            src = groups[key].source
-            if isinstance(src, ViewSource):
-                op: ViewOperator = RecomputedView(plan, self.store, meta, upstream=src)
+            mine = [self._group(groups, upstream, input_meta(meta, i)) for i, upstream in enumerate(plan.inputs)]
+            if isinstance(mine[0].source, ViewSource):
+                op: ViewOperator = RecomputedView(plan, self.store, meta, upstream=mine[0].source)
             else:
                 op = OPERATORS[plan.window.kind](plan, self.store, meta)
-            view = ViewRun(op)
+            view = ViewRun(op, mine)
+            for i, g in enumerate(mine):
+                g.views.append((view, i))
             if plan.options.get("sink_topic"):
+                stream = self.catalog.source_entry(plan.stream)
                 fallback = {"bootstrap_servers": stream.stmt.options.get("bootstrap_servers", "")}
                 from pondstream.operators.kafka_sink import KafkaSink
 
                 view.sink = KafkaSink(name, {**fallback, **plan.options}, plan.identity_columns)
                 self._catch_up_sink(view)
-            groups[key].views.append(view)
+            self.views.append(view)
         return list(groups.values())
+
+    def _group(self, groups: dict[tuple[str, str], Group], upstream: str, meta: dict[str, Any]) -> Group:
+        """The group reading `upstream` from the position in `meta`, created on first use: views over one
+        stream at the same position share one reader and one watermark."""
+        key = (upstream, json.dumps(meta.get("position"), sort_keys=True))
+        if key not in groups:
+            stream = self.catalog.source_entry(upstream)
+            if upstream in self.catalog.streams:
+                self.series.ensure(errors_series(upstream), BAD_RECORD_SCHEMA, "errors")
+            src = self._view_source(upstream, meta.get("position")) if upstream in self.catalog.views \
+                else make_source(stream, meta.get("position"))
+            if src.prefetch_safe:  # read the next batch while this one is aggregated
+                src = Prefetch(src)
+            idle = parse_duration(stream.stmt.options.get("idle_timeout", "30 seconds")) / 1e6
+            wm = Watermark(stream.stmt.watermark_delay_us, idle, meta.get("watermark_state"))
+            # A source that resolved its start (Kafka 'latest'/'timestamp') has that in the first checkpoint.
+            groups[key] = Group(stream, src, wm, [], meta.get("position") or src.position())
+        return groups[key]
 
     def _view_source(self, upstream: str, position: dict | None) -> ViewSource:
         """Another view of this pipeline read as a stream (it must already be in a group)."""
-        up = next(g for g in self.groups_so_far if any(v.plan.name == upstream for v in g.views))
+        up = next(g for g in self.groups_so_far if any(v.plan.name == upstream for v, _ in g.views))
         schema = self.catalog.source_entry(upstream).stmt.schema
         return ViewSource(schema, self.series.dir(upstream), lambda: self.series.entries(upstream),
                           lambda: up.final_committed, position, lambda: self.series.base(upstream))
@@ -250,7 +271,7 @@ class Runner:
         if n_bad:
             g.bad.append(sb.bad)
             self.progress.rejected(g.stream.stmt.name, sb.bad)
-        for v in g.views:  # the accounting a user can check: read = view input + errors
+        for v, _ in g.views:  # the accounting a user can check: read = view input + errors
             v.meta["records_read"] = v.meta.get("records_read", 0) + data.num_rows + n_bad
             v.meta["records_bad"] = v.meta.get("records_bad", 0) + n_bad
         if data.num_rows == 0:
@@ -263,8 +284,8 @@ class Runner:
             ts = data.column(g.stream.stmt.event_time).cast(pa.int64()).to_numpy(zero_copy_only=False)
             wm = g.watermark.per_event(ts, sb.partitions, g.source.partitions())
         data = data.add_column(0, "__row", pa.array(np.arange(data.num_rows, dtype=np.int64)))
-        for v in g.views:
-            errors, late = v.op.process(data, wm)
+        for v, side in g.views:
+            errors, late = v.op.process(data, wm, side)
             if errors:
                 g.bad.append(failed_rows(sb, data, errors))
                 self.progress.rejected(g.stream.stmt.name, g.bad[-1])
@@ -281,9 +302,10 @@ class Runner:
         for g in self.groups:
             if g.source.bounded and g.source.finished:
                 g.watermark.finish()
-            for v in g.views:
-                self._flush(txn, g, v)
-                open_windows += v.op.open_windows
+        for v in self.views:
+            self._flush(txn, v)
+            open_windows += v.op.open_windows
+        for g in self.groups:
             if g.bad:
                 self.series.write(txn, errors_series(g.stream.stmt.name),
                                   pa.concat_tables(g.bad).cast(BAD_RECORD_SCHEMA))
@@ -342,20 +364,23 @@ class Runner:
                 e, self._consolidation_error = self._consolidation_error, None
                 raise e
 
-    def _flush(self, txn: Txn, g: Group, v: ViewRun) -> None:
+    def _flush(self, txn: Txn, v: ViewRun) -> None:
         """The view's checkpoint: its operator's state changes, versions, late events and failed windows,
-        then its position, watermark and counters, all into `txn`."""
-        wm = g.watermark.value
-        out = v.op.checkpoint(txn, [wm], self.epoch)
+        then each input's position and watermark, and its counters, all into `txn`."""
+        wms = [g.watermark.value for g in v.groups]
+        out = v.op.checkpoint(txn, wms, self.epoch)
         for e in out.emissions:
             self._write_version(txn, v, e.rows, e.watermark, e.supersedes)
+        g = v.groups[0]  # failures of a join's select list are filed under its first stream
         for bad in out.bad:
             g.bad.append(bad)
             self.progress.rejected(g.stream.stmt.name, bad)
         if out.late is not None:
             self.series.write(txn, late_series(v.plan.name), out.late)
             v.meta["late"] = v.meta.get("late", 0) + out.late.num_rows
-        v.meta.update(position=g.position, watermark=wm, watermark_state=g.watermark.state())
+        for i, g in enumerate(v.groups):
+            input_meta(v.meta, i).update(position=g.position, watermark_state=g.watermark.state())
+        v.meta["watermark"] = None if None in wms else min(wms)
         txn.put_meta(f"view/{v.plan.name}", v.meta)
 
     def _write_version(self, txn: Txn, v: ViewRun, out: pa.Table, wm: int | None, supersedes: bool = False) -> None:
@@ -385,26 +410,33 @@ class Runner:
 
     def _write_status(self) -> None:
         views = {}
-        for g in self.groups:
-            for v in g.views:
+        for v in self.views:
+            inputs = []
+            for g in v.groups:
                 parts = g.source.partition_status()
                 for p in parts:
                     m = g.watermark.max_event.get(str(p["partition"]))
                     p["watermark"] = ts_text(None if m is None else m - g.watermark.delay_us)
                     p["idle"] = g.watermark.idle(str(p["partition"]))
                 held = g.watermark.holding_back()
-                views[v.plan.name] = {
+                inputs.append({
                     "stream": g.stream.stmt.name, "source": g.source.describe(),
                     "position": g.position, "watermark": ts_text(g.watermark.value),
                     "watermark_us": g.watermark.value,
                     "held_back_by": None if g.source.finished or held is None else (
                         f"partition {held}" + (" (no data yet)" if g.watermark.max_event.get(held) is None
                                                else "")),
-                    "open_windows": v.op.open_windows, "late": v.meta.get("late", 0),
-                    "records_read": v.meta.get("records_read", 0), "records_bad": v.meta.get("records_bad", 0),
                     "finished": bool(g.source.bounded and g.source.finished),
-                    "health": g.source.health(), "partitions": parts,
-                }
+                    "health": g.source.health(), "partitions": parts})
+            first = inputs[0]
+            if len(inputs) > 1:  # a join: its watermark is the lower of its inputs'
+                wms = [i["watermark_us"] for i in inputs]
+                low = None if None in wms else min(wms)
+                first = {**first, "watermark": ts_text(low), "watermark_us": low,
+                         "finished": all(i["finished"] for i in inputs), "inputs": inputs}
+            views[v.plan.name] = {**first, "open_windows": v.op.open_windows, "late": v.meta.get("late", 0),
+                                  "records_read": v.meta.get("records_read", 0),
+                                  "records_bad": v.meta.get("records_bad", 0)}
         status = {"pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "checkpoint": self.epoch, "events_this_run": self.progress.events,
                   "events_per_second": round(self.progress.rate), "bad_records_this_run": self.progress.bad,

@@ -19,6 +19,7 @@ from sqlglot import exp
 from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
 from pondstream.sql.intervals import interval_us, option_duration
+from pondstream.sql.join_planner import JoinSpec, is_join, plan_join
 from pondstream.sql.names import object_name
 from pondstream.sql.options import sink_servers_problem
 from pondstream.sql.statements import CreateStream, CreateView
@@ -65,6 +66,12 @@ class ViewPlan:
     last_seen: str | None = None  # running aggregates: partial with each key's latest event time
     state_ttl_us: int = 0  # running aggregates: forget keys idle (in event time) this long
     emit_every_us: int = 0  # EMIT EVERY: early (partial) results of open windows on this schedule
+    join: JoinSpec | None = None  # an interval join (window kind "join"): its two inputs and time bound
+
+    @property
+    def inputs(self) -> list[str]:
+        """The streams this view reads: one, or a join's two."""
+        return list(self.join.streams) if self.join is not None else [self.stream]
 
     @property
     def start_column(self) -> str | None:
@@ -80,11 +87,23 @@ def session() -> SessionContext:
 def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
     """Check a view against the stream it reads and compile it; SqlError (located) on any problem."""
     try:
+        if is_join(view):
+            return _plan_join(view, streams)
         return _Planner(view, streams).plan()
     except SqlError as e:
         raise e.with_sql(getattr(view, "script", view.sql)) if e.sql is None else e from None
     except RecursionError:
         raise SqlError(f"view {view.name} is too deeply nested to plan", hint="simplify its expressions") from None
+
+
+def _plan_join(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
+    spec, final_sql, schema, time_col = plan_join(view, streams, _Planner(view, streams)._stream)
+    plan = ViewPlan(view.name, spec.streams[0], time_col or "", WindowSpec("join", 0, 0), "", [], [], final_sql,
+                    schema, {time_col: "start"} if time_col else {}, [], dict(view.options), join=spec)
+    problem = sink_servers_problem(plan.options, streams[spec.streams[0]].options)
+    if problem:
+        raise SqlError(problem)
+    return plan
 
 
 class _Planner:
@@ -98,8 +117,6 @@ class _Planner:
     # -- FROM ------------------------------------------------------------------------------------
     def _source(self) -> CreateStream:
         sel = self.select
-        if sel.args.get("joins"):
-            raise at(sel.args["joins"][0], "joins are not supported in materialized views yet")
         frm = sel.args.get("from_") or sel.args.get("from")
         if frm is None:
             raise at(sel, "a materialized view needs FROM <stream>")

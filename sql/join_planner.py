@@ -1,0 +1,205 @@
+"""Plan an interval-join view: `SELECT ... FROM a [x] [LEFT|RIGHT|FULL [OUTER]] JOIN b [y] ON <cond> [WHERE p]`
+where <cond> bounds the two event times (`y.ts BETWEEN x.ts + lo AND x.ts + hi`, or `>=`/`>`/`<=`/`<`
+comparisons of `x.ts [± interval]` and `y.ts [± interval]`) and may hold any other conditions (keys).
+
+The ON condition runs as written in DataFusion; from it the planner takes only [lo, hi], the range of
+`right time - left time` a pair can have, which tells the operator (operators/interval_join_view.py)
+how long each side's rows must be kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+from sqlglot import exp
+
+from pondstream.sql.dialect import to_datafusion
+from pondstream.sql.errors import at
+from pondstream.sql.intervals import interval_us
+from pondstream.sql.statements import CreateStream, CreateView
+
+TIME_BOUND_HINT = ("bound the event times in ON, e.g. s.ts BETWEEN o.ts AND o.ts + INTERVAL '4' HOUR "
+                   "(or s.ts >= o.ts - INTERVAL '1' MINUTE AND s.ts < o.ts + INTERVAL '1' HOUR), so each "
+                   "side's rows can be forgotten once the other side's watermark passes them")
+MAX_BUCKET_US, MIN_BUCKET_US = 3_600_000_000, 1_000_000
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    streams: tuple[str, str]
+    aliases: tuple[str, str]  # what the SQL calls each side (its alias, else the stream name)
+    times: tuple[str, str]  # each side's event-time column
+    schemas: tuple[pa.Schema, pa.Schema]
+    lo_us: int  # a pair has lo <= right time - left time <= hi
+    hi_us: int
+    outer: tuple[bool, bool]  # which sides keep their unmatched rows (null-padded)
+    time_side: int | None  # the side whose event time is the output's time column (None: no time column)
+    pairs_sql: str  # the ON condition over the two sides: (left row id, right row id) per pair
+    bucket_us: int  # state is kept per time bucket of this size
+
+
+def is_join(view: CreateView) -> bool:
+    return bool(view.select.args.get("joins"))
+
+
+def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> tuple:
+    """(JoinSpec, final_sql, output schema, time column or None) for a join view; SqlError when it is
+    not a bounded two-stream join we can run. `stream_of(table node)` resolves a FROM name."""
+    from pondstream.sql.planner import session  # noqa: PLC0415 - planner imports this module
+
+    sel = view.select.copy()
+    joins = sel.args["joins"]
+    if len(joins) > 1:
+        raise at(joins[1], "a view joins two streams at most", "join the result of a join in a view over it")
+    join = joins[0]
+    for arg in ("group", "having", "order", "limit", "distinct"):
+        if sel.args.get(arg):
+            raise at(sel.args[arg], f"{arg.upper()} is not supported in a join view yet",
+                     "aggregate the join in a view over it: CREATE MATERIALIZED VIEW ... FROM <join view> GROUP BY "
+                     "TUMBLE(...)")
+    frm = sel.args.get("from_") or sel.args.get("from")
+    tables = [frm.this, join.this]
+    stmts: list[CreateStream] = []
+    aliases: list[str] = []
+    for t in tables:
+        if not isinstance(t, exp.Table) or isinstance(t.this, exp.Anonymous):
+            raise at(t, "a join reads two streams by name (no subqueries or window functions in FROM yet)")
+        s = stream_of(t)
+        if s.options.get("connector") == "view":
+            raise at(t, f"{s.name} is a view: joins read streams only, for now",
+                     "join the streams the view reads, then aggregate in a view over the join")
+        stmts.append(s)
+        aliases.append(t.alias_or_name.lower() if t.alias else s.name)
+    if aliases[0] == aliases[1]:
+        raise at(join.this, "both sides of the join have the same name", "give them aliases: FROM s a JOIN s b ON ...")
+    side, kind = (join.args.get("side") or "").upper(), (join.args.get("kind") or "").upper()
+    if kind in ("CROSS", "SEMI", "ANTI") or join.args.get("using"):
+        raise at(join, f"{kind or 'USING'} joins are not supported", "write [LEFT|RIGHT|FULL] JOIN ... ON ...")
+    outer = (side in ("LEFT", "FULL"), side in ("RIGHT", "FULL"))
+    on = join.args.get("on")
+    if on is None:
+        raise at(join, "a join needs ON with a time bound", TIME_BOUND_HINT)
+
+    by_alias = dict(zip(aliases, stmts, strict=True))
+
+    def resolve(col: exp.Column) -> int:
+        """Qualify `col` with its side (quoted exact names) and return the side."""
+        q = col.table.lower() if col.table else None
+        if q is not None and q not in by_alias:
+            raise at(col, f"unknown table {col.table}", f"the join's sides are {aliases[0]} and {aliases[1]}")
+        found = [i for i, a in enumerate(aliases) if (q is None or a == q)
+                 and col.name.lower() in {f.name.lower() for f in by_alias[a].schema}]
+        if not found:
+            raise at(col, f"unknown column {col.sql()}", "columns: " + "; ".join(
+                f"{a}: {', '.join(by_alias[a].schema.names)}" for a in aliases))
+        if len(found) > 1:
+            raise at(col, f"column {col.name} is in both sides", f"write {aliases[0]}.{col.name} or {aliases[1]}.{col.name}")
+        i = found[0]
+        real = next(f.name for f in stmts[i].schema if f.name.lower() == col.name.lower())
+        ident = exp.to_identifier(real, quoted=True)
+        ident.meta.update(col.this.meta)
+        col.set("this", ident)
+        col.set("table", exp.to_identifier(aliases[i], quoted=True))
+        return i
+
+    where = sel.args.get("where")
+    for node in [*sel.expressions, on, where]:
+        for col in list(node.find_all(exp.Column)) if node is not None else []:
+            if isinstance(col.this, exp.Star):
+                raise at(col, "list the columns of a join view", "e.g. SELECT o.id, o.event_time, s.ts AS shipped_at")
+            resolve(col)
+    if any(isinstance(e, exp.Star) for e in sel.expressions):
+        raise at(sel, "list the columns of a join view", "e.g. SELECT o.id, o.event_time, s.ts AS shipped_at")
+    lo, hi = _time_bound(on, [s.event_time for s in stmts], aliases)
+
+    names, time_col, time_side = [], None, None
+    for e in sel.expressions:
+        name = e.alias_or_name
+        if not name or not isinstance(e, exp.Column | exp.Alias):
+            raise at(e, "name this column", f"write {e.sql()} AS some_name")
+        if name.lower() in {n.lower() for n in names}:
+            raise at(e, f"two columns are named {name}", "give one of them another name with AS")
+        names.append(name)
+        target = e.this if isinstance(e, exp.Alias) else e
+        if time_col is None and isinstance(target, exp.Column):
+            i = aliases.index(target.table)
+            if target.name == stmts[i].event_time and not outer[1 - i]:  # never null-padded
+                time_col, time_side = name, i
+    wrapped = [e if isinstance(e, exp.Alias) else exp.alias_(e, exp.to_identifier(e.name, quoted=True)) for e in sel.expressions]
+    a, b = (f'"{x}"' for x in aliases)
+    final_sql = (f"SELECT {', '.join(to_datafusion(e) for e in wrapped)} FROM {a} JOIN {b} "
+                 f'ON {a}."__pair" = {b}."__pair"' + (f" WHERE {to_datafusion(where.this)}" if where is not None else ""))
+    pairs_sql = f'SELECT {a}."__rid" AS l, {b}."__rid" AS r FROM {a} JOIN {b} ON {to_datafusion(on)}'
+    bucket = max(MIN_BUCKET_US, min(MAX_BUCKET_US, hi - lo))
+    spec = JoinSpec((stmts[0].name, stmts[1].name), (aliases[0], aliases[1]), (stmts[0].event_time, stmts[1].event_time),
+                    (stmts[0].schema, stmts[1].schema), lo, hi, outer, time_side, pairs_sql, bucket)
+
+    ctx = session()
+    for alias, s in zip(aliases, stmts, strict=True):
+        empty = s.schema.append(pa.field("__rid", pa.int64())).append(pa.field("__pair", pa.int64())).empty_table()
+        ctx.register_record_batches(alias, [[pa.RecordBatch.from_pylist([], empty.schema)]])
+    try:
+        ctx.sql(pairs_sql).to_arrow_table()
+        schema = ctx.sql(final_sql).to_arrow_table().schema
+    except Exception as e:  # noqa: BLE001 - DataFusion's planning errors are plain Exceptions
+        msg = str(e).split("\n")[0].replace("DataFusion error: ", "").replace("Error during planning: ", "")
+        raise at(sel, f"type error: {msg.strip()}", "check the types of the columns in ON, WHERE and SELECT") from None
+    return spec, final_sql, schema, time_col
+
+
+def _time_bound(on: exp.Expression, times: list[str], aliases: list[str]) -> tuple[int, int]:
+    """[lo, hi] of right time - left time from the conjuncts of ON that compare the two event times."""
+    lows: list[int] = []
+    highs: list[int] = []
+    conjuncts = list(on.flatten()) if isinstance(on, exp.And) else [on]
+
+    def term(node: exp.Expression) -> tuple[int, int] | None:
+        """(side, offset µs) of `side.ts [+|- interval]`, else None."""
+        sign = 0
+        if isinstance(node, exp.Add | exp.Sub) and isinstance(node.expression, exp.Interval):
+            sign = 1 if isinstance(node, exp.Add) else -1
+            off, node = interval_us(node.expression), node.this
+        else:
+            off = 0
+        if isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Column) and node.table in aliases:
+            i = aliases.index(node.table)
+            if node.name == times[i]:
+                return i, sign * off
+        return None
+
+    def bound(x: exp.Expression, op: str, y: exp.Expression) -> bool:
+        """Record `x op y` as a bound on d = right - left when x and y are the two sides' times."""
+        tx, ty = term(x), term(y)
+        if tx is None or ty is None or tx[0] == ty[0]:
+            return False
+        if tx[0] == 0:  # left + ox op right + oy  <=>  d (op reversed) ox - oy
+            op = {">=": "<=", ">": "<", "<=": ">=", "<": ">"}[op]
+            value = tx[1] - ty[1]
+        else:  # right + ox op left + oy  <=>  d op oy - ox
+            value = ty[1] - tx[1]
+        (lows if op in (">=", ">") else highs).append(value)
+        return True
+
+    ops = {exp.GTE: ">=", exp.GT: ">", exp.LTE: "<=", exp.LT: "<"}
+    for c in conjuncts:
+        if isinstance(c, exp.Between):
+            bound(c.this, ">=", c.args["low"])
+            bound(c.this, "<=", c.args["high"])
+        elif type(c) in ops:
+            bound(c.this, ops[type(c)], c.expression)
+        elif isinstance(c, exp.EQ):
+            if bound(c.this, ">=", c.expression):
+                bound(c.this, "<=", c.expression)
+    if not lows or not highs:
+        missing = "lower" if not lows else "upper"
+        raise at(on, f"the join's ON has no {missing} bound on the event times "
+                     f"({aliases[0]}.{times[0]}, {aliases[1]}.{times[1]}): unbounded joins would keep state forever",
+                 TIME_BOUND_HINT)
+    lo, hi = max(lows), min(highs)
+    if lo > hi:
+        raise at(on, "the join's time bounds exclude every pair", "check the BETWEEN bounds: low must not exceed high")
+    return lo, hi
+
