@@ -299,18 +299,26 @@ def cmd_status(args) -> int:
               f"{st.get('events_this_run', 0):,} events in that run, {st.get('bad_records_this_run', 0)} bad")
     for name, v in st.get("views", {}).items():
         state = "finished" if v["finished"] else "running or stopped"
-        print(f"\n{name}  ({state})\n  source: {v['source']}\n  position: {json.dumps(v['position'])}\n"
-              f"  watermark: {v['watermark']}\n  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
+        inputs = v.get("inputs") or [v]  # a join reads two streams
+        print(f"\n{name}  ({state})")
+        for inp in inputs:
+            label = f"  {inp['stream']}: " if len(inputs) > 1 else "  "
+            print(f"{label}source: {inp['source']}\n{label}position: {json.dumps(inp['position'])}\n"
+                  f"{label}watermark: {inp['watermark']}")
+            if inp.get("held_back_by"):
+                print(f"{label}watermark held back by: {inp['held_back_by']}")
+            if inp.get("health"):
+                print(f"  !! {inp['health']}")
+            for p in inp.get("partitions", []):
+                print(f"{label}partition {p['partition']}: offset {p['offset']:,}  end {p['end_offset']}  lag "
+                      f"{p['lag']}  watermark {p['watermark']}{'  (idle)' if p['idle'] else ''}")
+        if len(inputs) > 1:
+            print(f"  watermark (the lower of its inputs'): {v['watermark']}")
+        print(f"  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
         if "records_read" in v:  # every record read went to the view's input or to <stream>__errors
+            errors = " / ".join(f"{i['stream']}__errors" for i in inputs)
             print(f"  records read: {v['records_read']:,} = {v['records_read'] - v['records_bad']:,} to the view"
-                  f" + {v['records_bad']:,} to {v['stream']}__errors")
-        if v.get("held_back_by"):
-            print(f"  watermark held back by: {v['held_back_by']}")
-        if v.get("health"):
-            print(f"  !! {v['health']}")
-        for p in v.get("partitions", []):
-            print(f"  partition {p['partition']}: offset {p['offset']:,}  end {p['end_offset']}  lag {p['lag']}  "
-                  f"watermark {p['watermark']}{'  (idle)' if p['idle'] else ''}")
+                  f" + {v['records_bad']:,} to {errors}")
     if st.get("series"):
         print("\nseries (queryable tables):")
         for name, s in st["series"].items():
