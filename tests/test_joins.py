@@ -160,3 +160,33 @@ def test_a_join_with_group_by_points_to_a_view_over_it(tmp_path):
             e.execute(f"CREATE MATERIALIZED VIEW j AS SELECT COUNT(*) AS n FROM orders o JOIN ships s ON {ON} "
                       "GROUP BY TUMBLE(o.ts, INTERVAL '1' HOUR);")
     assert "view over it" in err.value.hint
+
+
+def test_self_join_and_a_poison_row_in_the_select_list(case):
+    """One stream on both sides (one reader feeds both inputs), and a select list that fails on some
+    pairs (division by zero): those go to orders__errors with their reason, every other pair to the view."""
+    tmp, orders, ships, src, _ = case
+    sql = pipeline(*src, 3000).split("CREATE MATERIALIZED VIEW")[0] + """
+CREATE MATERIALIZED VIEW next_order AS SELECT a.id, a.ts, b.id AS next_id, b.ts AS next_ts
+FROM orders a JOIN orders b ON b.id = a.id + 1 AND b.ts BETWEEN a.ts - INTERVAL '1' MINUTE AND a.ts + INTERVAL '2' MINUTE;
+CREATE MATERIALIZED VIEW poisoned AS SELECT o.id, o.ts, 1000 / (o.id % 97) AS inv, s.carrier
+FROM orders o JOIN ships s ON """ + ON + ";"
+    with Engine(tmp / "self") as e:
+        e.execute(sql)
+        e.run(checkpoint_interval=0)
+        got = canon(e.query("SELECT * FROM next_order"))
+        poisoned = e.query("SELECT id FROM poisoned").column("id").to_pylist()
+        errors = e.query("SELECT reason, error, raw FROM orders__errors").to_pylist()
+    con = duckdb.connect()
+    con.register("orders", pa.Table.from_pylist(on_time(orders, DELAY_O)))
+    con.register("ships", pa.Table.from_pylist(on_time(ships, DELAY_S)))
+    want = canon(con.sql("SELECT a.id, a.ts, b.id AS next_id, b.ts AS next_ts FROM orders a JOIN orders b "
+                         "ON b.id = a.id + 1 AND b.ts BETWEEN a.ts - INTERVAL 1 MINUTE AND a.ts + INTERVAL 2 MINUTE")
+                 .to_arrow_table())
+    assert got == want and len(got) > 500
+    poison_pairs = con.sql(f"SELECT COUNT(*) FROM orders o JOIN ships s ON {ON.replace(chr(39) + '30' + chr(39), '30')} "
+                          "WHERE o.id % 97 = 0").fetchall()[0][0]
+    assert not any(i % 97 == 0 for i in poisoned) and len(poisoned) > 300
+    assert len(errors) == poison_pairs >= 3
+    assert all(r["reason"] == "expression error" and "poisoned" in r["error"] and b'"o": {"id": ' in r["raw"]
+               for r in errors)
