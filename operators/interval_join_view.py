@@ -1,4 +1,5 @@
-"""Interval joins (`FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts + lo AND a.ts + hi`), INNER and
+"""Interval joins (`FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts + lo AND a.ts + hi`) and window joins
+(both sides windowed alike, paired per window: the rows are due when their window ends), INNER and
 LEFT/RIGHT/FULL OUTER, decided per event so results never depend on batching or interleaving:
 
 - A row is late, and goes to the view's late series, when its event time is below the watermark of the
@@ -28,11 +29,12 @@ import pyarrow.compute as pc
 from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.source import as_json, bad_records
 from pondstream.operators.view_operator import TS, Emission, Flush, ViewOperator
+from pondstream.operators.window import assign, true_start, window_end
 from pondstream.sql.planner import ViewPlan, session
 from pondstream.state.store import StateStore, Txn
 from pondstream.state.window_state import WindowState
 
-RID, PAIR = "__rid", "__pair"
+RID, PAIR, DUE = "__rid", "__pair", "__due"
 OFFSET = 1 << 48  # bucket numbers are shifted so times before 1970 still give positive RocksDB keys
 SIDE_BITS = 56  # window id = side << SIDE_BITS | bucket: 0, 1 the rows of each side, 2, 3 their matched ids
 LATE_SCHEMA = pa.schema([("_side", pa.string()), ("_row", pa.string()), ("_event_time", TS), ("_watermark", TS)])
@@ -62,11 +64,28 @@ class IntervalJoinView(ViewOperator):
 
     # -- per batch ---------------------------------------------------------------------------------
     def process(self, data: pa.Table, watermarks: np.ndarray | None, side: int = 0) -> tuple[list, int]:
+        """Each row gets its due time `__due`: it is late when that is below its own watermark, and is
+        kept until the other side's watermark passes due + reach (see _gone). For an interval join the
+        due time is the event time; in a window join each row is one per window it falls in (HOP and
+        CUMULATE windows overlap), due when its window ends."""
         ts = data.column(self.j.times[side]).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        late = np.zeros(len(ts), bool) if watermarks is None else ts < watermarks
         rows = data.drop_columns(["__row"])
+        spec = self.j.window
+        if spec is None:
+            due = ts
+        else:
+            idx, wid = assign(ts, spec)
+            if idx is not None:
+                rows, ts = rows.take(pa.array(idx)), ts[idx]
+                watermarks = None if watermarks is None else watermarks[idx]
+            end = window_end(wid, spec)
+            rows = rows.append_column("window_start", pa.array(true_start(wid, spec)).cast(TS))
+            rows = rows.append_column("window_end", pa.array(end).cast(TS))
+            due = end - 1
+        late = np.zeros(len(ts), bool) if watermarks is None else due < watermarks
+        rows = rows.append_column(DUE, pa.array(due, pa.int64()))
         if late.any():
-            gone = rows.filter(pa.array(late))
+            gone = rows.filter(pa.array(late)).drop_columns([DUE])
             self.late.append(pa.table({
                 "_side": [self.j.aliases[side]] * gone.num_rows, "_row": [r.decode() for r in as_json(gone)],
                 "_event_time": pa.array(ts[late]).cast(TS), "_watermark": pa.array(watermarks[late]).cast(TS)},
@@ -89,7 +108,6 @@ class IntervalJoinView(ViewOperator):
         return out
 
     def flush(self, txn: Txn, watermarks: list[int | None], epoch: int) -> list[Emission]:
-        j = self.j
         new = [self._with_ids(_concat(p)) for p in self.pending]
         self.pending = [[], []]
         out_wm = self._output_watermark(watermarks)
@@ -105,7 +123,7 @@ class IntervalJoinView(ViewOperator):
         matched: list[pa.Table | None] = [None, None]  # (time, id) of the rows of each side matched now
         if left is not None:
             emissions.append(Emission(self._select(left, right), False, out_wm))
-            matched = [rows.select([j.times[side], RID]) for side, rows in ((0, left), (1, right))]
+            matched = [rows.select([DUE, RID]) for rows in (left, right)]
         for side in (0, 1):
             emissions += self._purge(txn, side, watermarks[1 - side], new[side], matched[side], out_wm, epoch)
         return emissions
@@ -121,7 +139,8 @@ class IntervalJoinView(ViewOperator):
         return ts // self.j.bucket_us + OFFSET
 
     def _time(self, rows: pa.Table, side: int) -> np.ndarray:
-        return rows.column(self.j.times[side]).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        """The due time of each row (see process)."""
+        return rows.column(DUE).to_numpy(zero_copy_only=False)
 
     def _store(self, txn: Txn, wid: int, rows: pa.Table | None, epoch: int) -> None:
         """Append `rows` to state under their time buckets (window ids of kind `wid`)."""
@@ -174,7 +193,7 @@ class IntervalJoinView(ViewOperator):
         return self.ctx.sql(sql).to_arrow_table()
 
     def _nulls(self, side: int, n: int) -> pa.Table:
-        schema = self.j.schemas[side].append(pa.field(RID, pa.int64()))
+        schema = self.j.schemas[side].append(pa.field(DUE, pa.int64())).append(pa.field(RID, pa.int64()))
         return pa.table([pa.nulls(n, f.type) for f in schema], schema=schema)
 
     def _select(self, left: pa.Table, right: pa.Table) -> pa.Table:
@@ -245,6 +264,8 @@ class IntervalJoinView(ViewOperator):
         if wl is None or wr is None:
             return None
         slack = self.j.bucket_us  # rows are purged a bucket at a time
+        if self.j.window is not None:  # rows still held are in windows not yet closed on the other side
+            return min(wl, wr) - self.j.window.size_us - slack
         if self.j.time_side is None:
             return min(wl, wr)
         if self.j.time_side == 0:

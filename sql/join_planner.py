@@ -18,6 +18,7 @@ from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import at
 from pondstream.sql.intervals import interval_us
 from pondstream.sql.statements import CreateStream, CreateView
+from pondstream.sql.windows import WindowSpec
 
 TIME_BOUND_HINT = ("bound the event times in ON, e.g. s.ts BETWEEN o.ts AND o.ts + INTERVAL '4' HOUR "
                    "(or s.ts >= o.ts - INTERVAL '1' MINUTE AND s.ts < o.ts + INTERVAL '1' HOUR), so each "
@@ -37,15 +38,17 @@ class JoinSpec:
     time_side: int | None  # the side whose event time is the output's time column (None: no time column)
     pairs_sql: str  # the ON condition over the two sides: (left row id, right row id) per pair
     bucket_us: int  # state is kept per time bucket of this size
+    window: WindowSpec | None = None  # a window join: both sides windowed alike, rows paired per window
 
 
 def is_join(view: CreateView) -> bool:
     return bool(view.select.args.get("joins"))
 
 
-def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> tuple:
+def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tuple:
     """(JoinSpec, final_sql, output schema, time column or None) for a join view; SqlError when it is
-    not a bounded two-stream join we can run. `stream_of(table node)` resolves a FROM name."""
+    not a bounded two-stream join we can run. `side_of(table node)` resolves a FROM item to (stream,
+    window spec of a window TVF or None)."""
     from pondstream.sql.planner import session  # noqa: PLC0415 - planner imports this module
 
     sel = view.select.copy()
@@ -62,15 +65,24 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
     tables = [frm.this, join.this]
     stmts: list[CreateStream] = []
     aliases: list[str] = []
+    windows: list[WindowSpec | None] = []
     for t in tables:
-        if not isinstance(t, exp.Table) or isinstance(t.this, exp.Anonymous):
-            raise at(t, "a join reads two streams by name (no subqueries or window functions in FROM yet)")
-        s = stream_of(t)
+        if not isinstance(t, exp.Table):
+            raise at(t, "a join reads two streams, or two windows of streams (no subqueries in FROM yet)")
+        s, w = side_of(t)
+        windows.append(w)
         if s.options.get("connector") == "view":
             raise at(t, f"{s.name} is a view: joins read streams only, for now",
                      "join the streams the view reads, then aggregate in a view over the join")
         stmts.append(s)
         aliases.append(t.alias_or_name.lower() if t.alias else s.name)
+    window = windows[0]
+    if windows[0] != windows[1]:
+        raise at(join.this, "a window join needs the same window on both sides" if all(windows) else
+                 "either both sides of a join are windows (a window join) or neither is",
+                 "e.g. FROM TUMBLE(TABLE a, DESCRIPTOR(ts), INTERVAL '1' MINUTE) x JOIN TUMBLE(TABLE b, "
+                 "DESCRIPTOR(ts), INTERVAL '1' MINUTE) y ON x.window_start = y.window_start AND x.window_end = "
+                 "y.window_end AND ...")
     if aliases[0] == aliases[1]:
         raise at(join.this, "both sides of the join have the same name", "give them aliases: FROM s a JOIN s b ON ...")
     side, kind = (join.args.get("side") or "").upper(), (join.args.get("kind") or "").upper()
@@ -82,6 +94,8 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
         raise at(join, "a join needs ON with a time bound", TIME_BOUND_HINT)
 
     by_alias = dict(zip(aliases, stmts, strict=True))
+    extra = ["window_start", "window_end"] if window is not None else []
+    columns = {a: [f.name for f in by_alias[a].schema] + extra for a in aliases}
 
     def resolve(col: exp.Column) -> int:
         """Qualify `col` with its side (quoted exact names) and return the side."""
@@ -89,14 +103,14 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
         if q is not None and q not in by_alias:
             raise at(col, f"unknown table {col.table}", f"the join's sides are {aliases[0]} and {aliases[1]}")
         found = [i for i, a in enumerate(aliases) if (q is None or a == q)
-                 and col.name.lower() in {f.name.lower() for f in by_alias[a].schema}]
+                 and col.name.lower() in {c.lower() for c in columns[a]}]
         if not found:
             raise at(col, f"unknown column {col.sql()}", "columns: " + "; ".join(
-                f"{a}: {', '.join(by_alias[a].schema.names)}" for a in aliases))
+                f"{a}: {', '.join(columns[a])}" for a in aliases))
         if len(found) > 1:
             raise at(col, f"column {col.name} is in both sides", f"write {aliases[0]}.{col.name} or {aliases[1]}.{col.name}")
         i = found[0]
-        real = next(f.name for f in stmts[i].schema if f.name.lower() == col.name.lower())
+        real = next(c for c in columns[aliases[i]] if c.lower() == col.name.lower())
         ident = exp.to_identifier(real, quoted=True)
         ident.meta.update(col.this.meta)
         col.set("this", ident)
@@ -111,7 +125,11 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
             resolve(col)
     if any(isinstance(e, exp.Star) for e in sel.expressions):
         raise at(sel, "list the columns of a join view", "e.g. SELECT o.id, o.event_time, s.ts AS shipped_at")
-    lo, hi = _time_bound(on, [s.event_time for s in stmts], aliases)
+    if window is None:
+        lo, hi = _time_bound(on, [s.event_time for s in stmts], aliases)
+    else:  # pairs share a window; the rows of a window are kept until it closes on the other side
+        _check_same_window(on, aliases)
+        lo = hi = 0
 
     names, time_col, time_side = [], None, None
     for e in sel.expressions:
@@ -124,20 +142,25 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
         target = e.this if isinstance(e, exp.Alias) else e
         if time_col is None and isinstance(target, exp.Column):
             i = aliases.index(target.table)
-            if target.name == stmts[i].event_time and not outer[1 - i]:  # never null-padded
+            times = {stmts[i].event_time, *extra}
+            if target.name in times and not outer[1 - i]:  # never null-padded
                 time_col, time_side = name, i
     wrapped = [e if isinstance(e, exp.Alias) else exp.alias_(e, exp.to_identifier(e.name, quoted=True)) for e in sel.expressions]
     a, b = (f'"{x}"' for x in aliases)
     final_sql = (f"SELECT {', '.join(to_datafusion(e) for e in wrapped)} FROM {a} JOIN {b} "
                  f'ON {a}."__pair" = {b}."__pair"' + (f" WHERE {to_datafusion(where.this)}" if where is not None else ""))
     pairs_sql = f'SELECT {a}."__rid" AS l, {b}."__rid" AS r FROM {a} JOIN {b} ON {to_datafusion(on)}'
-    bucket = max(MIN_BUCKET_US, min(MAX_BUCKET_US, hi - lo))
+    bucket = max(MIN_BUCKET_US, min(MAX_BUCKET_US, hi - lo if window is None else window.size_us))
+    schemas = [s.schema for s in stmts]
+    if window is not None:
+        schemas = [sc.append(pa.field("window_start", pa.timestamp("us"))).append(pa.field("window_end", pa.timestamp("us")))
+                   for sc in schemas]
     spec = JoinSpec((stmts[0].name, stmts[1].name), (aliases[0], aliases[1]), (stmts[0].event_time, stmts[1].event_time),
-                    (stmts[0].schema, stmts[1].schema), lo, hi, outer, time_side, pairs_sql, bucket)
+                    (schemas[0], schemas[1]), lo, hi, outer, time_side, pairs_sql, bucket, window)
 
     ctx = session()
-    for alias, s in zip(aliases, stmts, strict=True):
-        empty = s.schema.append(pa.field("__rid", pa.int64())).append(pa.field("__pair", pa.int64())).empty_table()
+    for alias, sc in zip(aliases, schemas, strict=True):
+        empty = sc.append(pa.field("__rid", pa.int64())).append(pa.field("__pair", pa.int64())).empty_table()
         ctx.register_record_batches(alias, [[pa.RecordBatch.from_pylist([], empty.schema)]])
     try:
         ctx.sql(pairs_sql).to_arrow_table()
@@ -146,6 +169,21 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], stream_of) -> 
         msg = str(e).split("\n")[0].replace("DataFusion error: ", "").replace("Error during planning: ", "")
         raise at(sel, f"type error: {msg.strip()}", "check the types of the columns in ON, WHERE and SELECT") from None
     return spec, final_sql, schema, time_col
+
+
+def _check_same_window(on: exp.Expression, aliases: list[str]) -> None:
+    """A window join pairs rows of the same window: ON must equate both window_start and window_end."""
+    conjuncts = list(on.flatten()) if isinstance(on, exp.And) else [on]
+    found = set()
+    for c in conjuncts:
+        if isinstance(c, exp.EQ) and all(isinstance(x, exp.Column) for x in (c.this, c.expression)):
+            names, tables = {c.this.name, c.expression.name}, {c.this.table, c.expression.table}
+            if len(names) == 1 and tables == set(aliases) and names <= {"window_start", "window_end"}:
+                found |= names
+    if found != {"window_start", "window_end"}:
+        raise at(on, "a window join's ON must pair the windows: "
+                     f"{aliases[0]}.window_start = {aliases[1]}.window_start AND {aliases[0]}.window_end = "
+                     f"{aliases[1]}.window_end", "add both equalities (and the keys) to ON")
 
 
 def _time_bound(on: exp.Expression, times: list[str], aliases: list[str]) -> tuple[int, int]:

@@ -97,7 +97,17 @@ def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
 
 
 def _plan_join(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
-    spec, final_sql, schema, time_col = plan_join(view, streams, _Planner(view, streams)._stream)
+    def side(table: exp.Table) -> tuple[CreateStream, WindowSpec | None]:
+        """A join side: a stream, or a window TVF over one (a window join)."""
+        p = _Planner(view, streams)
+        if isinstance(table.this, exp.Anonymous):
+            stream = p._tvf(table.this)
+            if p.window.kind == "session":
+                raise at(table, "SESSION windows cannot be joined", "join TUMBLE, HOP or CUMULATE windows")
+            return stream, p.window
+        return p._stream(table), None
+
+    spec, final_sql, schema, time_col = plan_join(view, streams, side)
     plan = ViewPlan(view.name, spec.streams[0], time_col or "", WindowSpec("join", 0, 0), "", [], [], final_sql,
                     schema, {time_col: "start"} if time_col else {}, [], dict(view.options), join=spec)
     problem = sink_servers_problem(plan.options, streams[spec.streams[0]].options)
