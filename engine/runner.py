@@ -30,6 +30,7 @@ from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.interval_join_view import LATE_SCHEMA as JOIN_LATE_SCHEMA
 from pondstream.operators.interval_join_view import IntervalJoinView
 from pondstream.operators.prefetch import Prefetch
+from pondstream.operators.projection_view import ProjectionView
 from pondstream.operators.recomputed_view import RecomputedView
 from pondstream.operators.running_view import RunningView
 from pondstream.operators.session_view import SessionView
@@ -100,7 +101,7 @@ def input_meta(meta: dict[str, Any], i: int) -> dict[str, Any]:
 # view is recomputed from it whatever its window.
 OPERATORS: dict[str, type[ViewOperator]] = {
     "tumble": WindowedView, "hop": WindowedView, "cumulate": WindowedView,
-    "session": SessionView, "running": RunningView, "join": IntervalJoinView,
+    "session": SessionView, "running": RunningView, "join": IntervalJoinView, "select": ProjectionView,
 }
 
 

@@ -37,7 +37,7 @@ class WindowAggregate:
         self.ctx.register_record_batches(name, [table.to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]])
         return self.ctx.sql(sql).to_arrow_table()  # re-planned each time: plans keep old providers
 
-    def _isolated(self, sql: str, name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+    def isolated(self, sql: str, name: str, table: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
         """`sql` over `table`; rows on which an expression fails (division by zero, a failed CAST) are
         bisected out and returned as (row index, message), so one poison row cannot stop the view."""
         try:
@@ -51,7 +51,7 @@ class WindowAggregate:
     def process(self, batch: pa.Table, watermarks: np.ndarray | None) -> BatchResult:
         """`batch` carries a `__row` column; `watermarks[row]` is the watermark that row is judged by
         (see Watermark.per_event), or None when nothing can be late (a view recomputed at close)."""
-        pre, errors = self._isolated(self.plan.pre_sql, "__batch", batch)
+        pre, errors = self.isolated(self.plan.pre_sql, "__batch", batch)
         rows_failed = [(int(batch.column("__row")[i].as_py()), msg) for i, msg in errors]
         result = self._windows(pre, watermarks)
         result.errors = rows_failed
@@ -108,7 +108,7 @@ class WindowAggregate:
             start, end = true_start(wid, spec), window_end(wid, spec)
         win = merged.set_column(0, "__ws", pa.array(start).cast(pa.timestamp("us")))
         win = win.append_column("__we", pa.array(end).cast(pa.timestamp("us")))
-        out, failed = self._isolated(self.plan.final_sql, "__win", win)
+        out, failed = self.isolated(self.plan.final_sql, "__win", win)
         if failed:
             self.final_errors.append((win.take(pa.array([i for i, _ in failed])), failed[0][1]))
         order = [(c, "ascending") for c in self.plan.time_columns] + [

@@ -175,6 +175,59 @@ class _Planner:
         self.tvf = True
         return stream
 
+    def _projection(self, stream: CreateStream) -> ViewPlan:
+        """A view without GROUP BY or aggregates: every input row that passes WHERE, through the select
+        list, appended at each checkpoint (no state, nothing is ever late). If it selects the stream's
+        event-time column as is, that is its event time, so windowed views can read it."""
+        sel = self.select
+        for arg in ("having", "order", "limit", "distinct", "qualify"):
+            if sel.args.get(arg):
+                raise at(sel.args[arg], f"{arg.upper()} is not supported in a view without GROUP BY")
+        names = {f.name.lower(): f.name for f in stream.schema}
+        items: list[exp.Expression] = []
+        for e in sel.expressions:
+            if isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
+                items += [exp.column(exp.to_identifier(n, quoted=True)) for n in stream.schema.names]
+            else:
+                items.append(e)
+        where = sel.args.get("where")
+        for node in [*items, where]:
+            for col in list(node.find_all(exp.Column)) if node is not None else []:
+                low = col.name.lower()
+                if low not in names:
+                    raise at(col, f"unknown column {col.name} in stream {stream.name}",
+                             f"columns are: {', '.join(stream.schema.names)}")
+                ident = exp.to_identifier(names[low], quoted=True)
+                ident.meta.update(col.this.meta)
+                col.set("this", ident)
+                col.set("table", None)
+        out, seen, time_col = [], set(), None
+        for e in items:
+            name = e.alias_or_name
+            if not name or not isinstance(e, exp.Column | exp.Alias):
+                raise at(e, "name this column", f"write {e.sql()} AS some_name")
+            if name.lower() in seen:
+                raise at(e, f"two columns are named {name}", "give one of them another name with AS")
+            seen.add(name.lower())
+            target = e.this if isinstance(e, exp.Alias) else e
+            if time_col is None and isinstance(target, exp.Column) and target.name == stream.event_time:
+                time_col = name
+            out.append(f"{to_datafusion(target)} AS {to_datafusion(exp.to_identifier(name, quoted=True))}")
+        pre_sql = f"SELECT {', '.join(out)} FROM __batch" + (f" WHERE {to_datafusion(where.this)}" if where else "")
+        empty = pa.schema([pa.field("__row", pa.int64()), *stream.schema]).empty_table()
+        ctx = session()
+        ctx.register_record_batches("__batch", [[pa.RecordBatch.from_pylist([], empty.schema)]])
+        try:
+            schema = ctx.sql(pre_sql).to_arrow_table().schema
+        except Exception as e:  # noqa: BLE001 - DataFusion's planning errors are plain Exceptions
+            raise _df_error(e, sel) from None
+        plan = ViewPlan(self.view.name, stream.name, stream.event_time, WindowSpec("select", 0, 0), pre_sql, [], [],
+                        "", schema, {time_col: "start"} if time_col else {}, [], dict(self.view.options))
+        problem = sink_servers_problem(plan.options, stream.options)
+        if problem:
+            raise at(sel, problem, "e.g. WITH (sink_topic = 'clean_orders', sink_bootstrap_servers = 'localhost:9092')")
+        return plan
+
     # -- windows -----------------------------------------------------------------------------------
     def _window_spec(self, kind: str, sizes: list[exp.Expression], node: exp.Expression) -> WindowSpec:
         try:
@@ -215,6 +268,8 @@ class _Planner:
         sel = self.select
         names = {f.name.lower(): f.name for f in stream.schema}
         group = sel.args.get("group")
+        if group is None and not self.tvf and not any(e.find(exp.AggFunc) for e in sel.expressions):
+            return self._projection(stream)
         if group is None:
             raise at(sel, "a materialized view needs GROUP BY",
                      "GROUP BY TUMBLE(ts, INTERVAL '1' HOUR), key for windows, or GROUP BY key for running totals")
