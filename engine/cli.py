@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--host", default="127.0.0.1")
 
+    gen = sub.add_parser("generate", help="write the Nexmark benchmark's streams as files",
+                         description="Write person, auction and bid for the first N events of the Nexmark "
+                                     "generator (the same events connector = 'nexmark' reads, for the same "
+                                     "seed) as Parquet and JSONL files, to check results with other tools.")
+    gen.add_argument("what", choices=["nexmark"])
+    gen.add_argument("--events", type=int, default=1_000_000, help="events in all (default 1,000,000)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="directory to write person/auction/bid.{parquet,jsonl} to")
+    gen.add_argument("--format", choices=["parquet", "jsonl", "both"], default="both")
+
     pr = sub.add_parser("produce", help="load a JSONL or CSV file into a Kafka topic",
                         description="Send each line of a JSONL file (or each row of a CSV file, header "
                                     "skipped) as one message. Creates the topic if it does not exist.")
@@ -345,6 +355,17 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from pondstream.engine.generate import FORMATS, generate_nexmark
+
+    if args.events < 1:
+        raise EngineError("--events must be at least 1")
+    formats = FORMATS if args.format == "both" else (args.format,)
+    rows = generate_nexmark(Path(args.out), args.events, args.seed, formats)
+    print(", ".join(f"{t}: {n:,} rows" for t, n in rows.items()) + f" in {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_broker(args) -> int:
     from pondstream.engine.kafka_tools import start_broker
 
@@ -404,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"run": cmd_run, "query": cmd_query, "cat": cmd_cat, "status": cmd_status, "compact": cmd_compact,
-                    "broker": cmd_broker, "produce": cmd_produce, "serve": cmd_serve}
+                    "broker": cmd_broker, "produce": cmd_produce, "serve": cmd_serve, "generate": cmd_generate}
         return commands[args.command](args)
     except BrokenPipeError:  # the reader went away (`pondstream query ... | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

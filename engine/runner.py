@@ -29,6 +29,7 @@ from pondstream.operators.file_source import FileSource
 from pondstream.operators.generator import GeneratorSource
 from pondstream.operators.interval_join_view import LATE_SCHEMA as JOIN_LATE_SCHEMA
 from pondstream.operators.interval_join_view import IntervalJoinView
+from pondstream.operators.nexmark import NexmarkSource
 from pondstream.operators.prefetch import Prefetch
 from pondstream.operators.projection_view import ProjectionView
 from pondstream.operators.recomputed_view import RecomputedView
@@ -58,11 +59,13 @@ def make_source(entry: StreamEntry, position: dict | None) -> Source:
         return FileSource(s.schema, s.event_time, s.options, position, base_dir=entry.base_dir)
     if connector == "generator":
         return GeneratorSource(s.schema, s.event_time, s.options, position)
+    if connector == "nexmark":
+        return NexmarkSource(s.schema, s.event_time, s.options, position)
     if connector == "kafka":
         from pondstream.operators.kafka_source import KafkaSource  # confluent-kafka loads only when used
 
         return KafkaSource(s.schema, s.event_time, s.options, position)
-    raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file', 'generator' or 'kafka'")
+    raise ValueError(f"stream {s.name}: unknown connector {connector!r}; use 'file', 'generator', 'nexmark' or 'kafka'")
 
 
 def failed_rows(sb: SourceBatch, data: pa.Table, errors: list[tuple[int, str]]) -> pa.Table:

@@ -107,7 +107,7 @@ identifier = Check(_text, "'event_time'")
 
 HUGE = 10**12
 STREAM: dict[str, Check] = {
-    "connector": choice("file", "generator", "kafka"),
+    "connector": choice("file", "generator", "kafka", "nexmark"),
     "timestamp_field": identifier,
     "watermark_delay": duration(allow_zero=True),
     "idle_timeout": duration(allow_zero=False),
@@ -129,6 +129,16 @@ CONNECTORS: dict[str, dict[str, Check]] = {
         "step": duration(allow_zero=True),
         "start": timestamp,
         "batch_size": integer(1, 10_000_000),
+    },
+    "nexmark": {
+        "table": choice("person", "auction", "bid"),
+        "events": integer(0, HUGE),
+        "rate": number(0, 1e9),
+        "seed": integer(0, INT64_MAX),
+        "batch_size": integer(1, 10_000_000),
+        "out_of_order_group": integer(1, 1_000_000),
+        "first_event_rate": number(1, 1e9),
+        "start": timestamp,
     },
     "kafka": {
         "topic": text_value,

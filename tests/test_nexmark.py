@@ -1,0 +1,120 @@
+"""The Nexmark generator (connector = 'nexmark', `pondstream generate nexmark`) and the example queries
+in examples/nexmark/, each checked against DuckDB over the generated files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pondstream.engine import Engine
+from pondstream.engine.generate import generate_nexmark
+from pondstream.operators.nexmark import SCHEMAS, NexmarkSource
+
+from conftest import PYTHON, canon
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "nexmark"
+EVENTS = 120_000
+
+
+def read_all(table: str, events: int, **options: str) -> pa.Table:
+    src = NexmarkSource(SCHEMAS[table], "datetime", {"table": table, "events": str(events), **options})
+    parts = []
+    while (b := src.read()) is not None:
+        parts.append(b.data)
+    return pa.concat_tables(parts)
+
+
+@pytest.mark.parametrize("table", list(SCHEMAS))
+def test_events_do_not_depend_on_batching_or_restarts(table):
+    whole = read_all(table, 20_000)
+    assert read_all(table, 20_000, batch_size="777").equals(whole)
+    src = NexmarkSource(SCHEMAS[table], "datetime", {"table": table, "events": "20000"}, {"event": 12_345})
+    tail = pa.concat_tables([b.data for b in iter(src.read, None)])
+    assert tail.equals(whole.slice(whole.num_rows - tail.num_rows)) and 0 < tail.num_rows < whole.num_rows
+    assert not read_all(table, 20_000, seed="1").equals(whole)
+
+
+def test_the_reference_model_holds():
+    person, auction, bid = (read_all(t, 50_000) for t in ("person", "auction", "bid"))
+    assert (person.num_rows, auction.num_rows, bid.num_rows) == (1_000, 3_000, 46_000)  # 1 : 3 : 46 of 50
+    assert person.column("id").to_pylist() == list(range(1000, 2000))
+    assert auction.column("id").to_pylist() == list(range(1000, 4000))
+    con = duckdb.connect()
+    for name, t in (("person", person), ("auction", auction), ("bid", bid)):
+        con.register(name, t)
+    # Bids are on auctions that exist (or are about to: the reference's lead of 10), mostly hot ones.
+    lo, hi, hot = con.sql("SELECT MIN(auction), MAX(auction), AVG(CASE WHEN auction % 2 = 0 THEN 1 ELSE 0 END) "
+                          "FROM bid").fetchall()[0]
+    assert lo >= 1000 and hi <= 4000 + 10 and hot > 0.6
+    assert con.sql("SELECT COUNT(*) FROM auction WHERE seller >= 2000 + 10 OR seller < 1000").fetchall()[0][0] == 0
+    assert con.sql("SELECT COUNT(*) FROM auction WHERE reserve < initialbid OR expires <= datetime "
+                   "OR category NOT BETWEEN 10 AND 14").fetchall()[0][0] == 0
+    p_lo, p_hi, median = con.sql("SELECT MIN(price), MAX(price), MEDIAN(price) FROM bid").fetchall()[0]
+    assert 100 <= p_lo and p_hi <= 100_000_000 and 50_000 < median < 200_000  # log-uniform over 6 decades
+    ordered = con.sql("SELECT COUNT(*) FROM (SELECT datetime < LAG(datetime) OVER () AS back FROM bid) "
+                      "WHERE back").fetchall()[0][0]
+    assert ordered == 0
+    shuffled = read_all("bid", 50_000, out_of_order_group="100").column("datetime").cast(pa.int64()).to_numpy()
+    in_order = bid.column("datetime").cast(pa.int64()).to_numpy()
+    assert abs(shuffled - in_order).max() < 100 * 100 and (shuffled[1:] < shuffled[:-1]).sum() > 100  # 100 µs apart
+
+
+@pytest.fixture(scope="module")
+def nexmark(tmp_path_factory):
+    """The example queries run over the generator, and the same events written as files by the CLI."""
+    tmp = tmp_path_factory.mktemp("nexmark")
+    p = subprocess.run([PYTHON, "-m", "pondstream.engine.cli", "generate", "nexmark", "--events", str(EVENTS),
+                        "--out", str(tmp / "files")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    sql = (EXAMPLES / "ddl.sql").read_text().replace("'10000000'", f"'{EVENTS}'")
+    sql += "".join((EXAMPLES / f"{q}.sql").read_text() for q in ("q0", "q1", "q2", "q3", "q8", "q11", "q14"))
+    with Engine(tmp / "state") as e:
+        e.execute(sql)
+        e.run()
+    con = duckdb.connect()
+    for t in SCHEMAS:
+        con.sql(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{tmp / 'files' / t}.parquet')")
+    return Engine(tmp / "state"), con, tmp
+
+
+def test_generated_files_are_the_streams_events(nexmark):
+    engine, con, tmp = nexmark
+    jsonl = con.sql(f"SELECT COUNT(*), SUM(price) FROM read_json_auto('{tmp / 'files' / 'bid.jsonl'}')").fetchall()
+    assert jsonl == con.sql("SELECT COUNT(*), SUM(price) FROM bid").fetchall()
+    assert pq.read_table(tmp / "files" / "bid.parquet").equals(read_all("bid", EVENTS))
+
+
+DUCK = {
+    "q0": "SELECT auction, bidder, price, datetime, extra FROM bid",
+    "q1": "SELECT auction, bidder, 0.908::DOUBLE * price AS price, datetime, extra FROM bid",
+    "q2": "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+    "q3": """SELECT p.name, p.city, p.state, a.id, a.datetime FROM auction a JOIN person p
+             ON a.seller = p.id AND a.datetime BETWEEN p.datetime AND p.datetime + INTERVAL 1 HOUR
+             WHERE a.category = 10 AND p.state IN ('OR', 'ID', 'CA')""",
+    "q8": """SELECT p.id, p.name, time_bucket(INTERVAL 10 SECOND, p.datetime) AS starttime, a.id AS auction
+             FROM person p JOIN auction a ON p.id = a.seller
+             AND time_bucket(INTERVAL 10 SECOND, p.datetime) = time_bucket(INTERVAL 10 SECOND, a.datetime)""",
+    "q11": """WITH b AS (SELECT bidder, datetime, CASE WHEN datetime >= LAG(datetime) OVER w + INTERVAL 10 SECOND
+                         OR LAG(datetime) OVER w IS NULL THEN 1 ELSE 0 END AS new FROM bid
+                         WINDOW w AS (PARTITION BY bidder ORDER BY datetime)),
+              s AS (SELECT bidder, datetime, SUM(new) OVER (PARTITION BY bidder ORDER BY datetime) AS sid FROM b)
+              SELECT bidder, COUNT(*) AS bid_count, MIN(datetime) AS starttime,
+                     MAX(datetime) + INTERVAL 10 SECOND AS endtime FROM s GROUP BY bidder, sid""",
+    "q14": """SELECT auction, bidder, 0.908::DOUBLE * price AS price,
+              CASE WHEN hour(datetime) BETWEEN 8 AND 18 THEN 'dayTime'
+                   WHEN hour(datetime) <= 6 OR hour(datetime) >= 20 THEN 'nightTime' ELSE 'otherTime' END,
+              datetime, extra FROM bid WHERE 0.908::DOUBLE * price > 1000000 AND 0.908::DOUBLE * price < 50000000""",
+}
+
+
+@pytest.mark.parametrize("query", list(DUCK))
+def test_example_queries_equal_duckdb(nexmark, query):
+    engine, con, _ = nexmark
+    got = canon(engine.query(f"SELECT * FROM {query}"))
+    want = canon(con.sql(DUCK[query]).to_arrow_table())
+    assert got == want and len(got) > 50
