@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pondstream.engine import Engine
-from pondstream.engine.generate import generate_nexmark
 from pondstream.operators.nexmark import SCHEMAS, NexmarkSource
 
 from conftest import PYTHON, canon
