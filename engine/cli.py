@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the engine loads lazily, so `pondstream --help` starts in a
     from pondstream.engine.runner import Progress
 
 DESCRIPTION = """\
-pondstream: streaming SQL with windowed materialized views.
+pondstream: streaming SQL with windowed materialized views and joins.
 
   pondstream run pipeline.sql           start (or resume) the views defined in a SQL file
   pondstream query "SELECT ..."         query the views with SQL (DataFusion)
@@ -26,6 +26,7 @@ pondstream: streaming SQL with windowed materialized views.
   pondstream status                     what each view has read, its watermark and output
   pondstream compact [VIEW]             fold many small versions into a few large files now
   pondstream serve [--port 5433]        answer psql, psycopg, BI tools (PostgreSQL protocol, read-only)
+  pondstream generate nexmark --out D   write the Nexmark benchmark streams as Parquet/JSONL files
 
   run and serve take --metrics-port 9464 for Prometheus metrics on http://127.0.0.1:9464/metrics.
 
