@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import sqlglot
 from datafusion import SessionContext
 from datafusion.record_batch import RecordBatchStream
 from sqlglot import exp
 
 from pondstream.engine.lookup import explain, point_lookup
+from pondstream.engine.lookup import parse as parse_query
+from pondstream.engine.lookup import register as register_lookup
 from pondstream.engine.query_functions import query_context
 from pondstream.engine.streams import guard_exit, overlaps, pieces
 from pondstream.sql import (
@@ -345,21 +346,37 @@ class Engine:
         """The whole result of `query_stream` as one table (for results that fit in memory)."""
         return self.query_stream(sql, as_of_version).read_all()
 
-    def query_stream(self, sql: str, as_of_version: int | None = None) -> pa.RecordBatchReader:
+    def query_stream(self, sql: str, as_of_version: int | None = None,
+                     tree: exp.Expression | None = None) -> pa.RecordBatchReader:
         """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
         `FROM view VERSION AS OF n` reads one view as it was at version n.
-        Batches are computed as they are read; closing the reader early stops the query."""
+        Batches are computed as they are read; closing the reader early stops the query.
+        `tree`: the statement already parsed with the StreamSQL dialect, from `sql` (so the positions
+        of its literals refer to `sql`) and then maybe changed (parameters bound as literal nodes,
+        pgserver/params.py): the engine takes it over and runs it, rendered where text is needed."""
         check_limits(sql)
-        ctx = query_context()
         names = self.series_names()
-        found = point_lookup(self, ctx, sql, as_of_version, names)  # WHERE fixes a view's keys: no scan
+        given = tree is not None
+        if tree is None:
+            tree = parse_query(sql)
+
+        def as_given() -> str:  # the text of the statement as it stands (given: rendered, and checked)
+            if not given:
+                return sql
+            text = tree.sql(dialect=StreamSQL)
+            check_limits(text)
+            return text
+
+        found = point_lookup(self, sql, as_of_version, names, tree)  # WHERE fixes a view's keys: no scan
         if found is not None:
-            return self._run(ctx, found.sql, names, used={found.view})
-        try:
-            tree = sqlglot.parse_one(sql, read=StreamSQL)
-        except (sqlglot.errors.ParseError, RecursionError):
-            tree = None
+            if found.result is not None:  # only columns of the rows found: the answer, without DataFusion
+                return found.result.to_reader()
+            ctx = query_context()
+            register_lookup(ctx, found)
+            return self._run(ctx, found.sql if found.sql is not None else as_given(), names, used={found.view})
+        ctx = query_context()
+        written = as_given()
         if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None
         registered: dict[str, str] = {}  # alias -> series
@@ -375,7 +392,7 @@ class Engine:
         if tree is None:
             for n in names:
                 register(n, as_of_version, alias=n)
-            text = sql
+            text = written
         else:
             rewrite = as_of_version is not None
             for table in tree.find_all(exp.Table):
@@ -400,7 +417,7 @@ class Engine:
                         table.set("alias", exp.TableAlias(this=table.this.copy()))
                     table.set("this", exp.to_identifier(alias, quoted=True))
                     rewrite = True
-            text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
+            text = tree.sql(dialect=DataFusionSQL) if rewrite else written
         return self._run(ctx, text, names, used=set(registered.values()))
 
     def explain_route(self, sql: str, as_of_version: int | None = None) -> str:

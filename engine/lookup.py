@@ -68,6 +68,7 @@ class Plan:
     key_files: list[dict[str, Any]] = field(default_factory=list)  # the key files covering them
     tail: list[dict[str, Any]] = field(default_factory=list)  # tail versions that may hold it
     others: int = 0  # WHERE conditions besides the key and window range (DataFusion applies them)
+    exact: bool = False  # the WHERE is the key equalities and nothing else: the rows found are the answer's
     lease: Lease | None = None
 
     @property
@@ -77,23 +78,38 @@ class Plan:
 
 @dataclass
 class Lookup:
-    """A query answered by a lookup: the SQL to run in the context the view's rows were registered in."""
+    """A query answered by a lookup: the view's rows for the key (`rows`) and the SQL to run over them
+    with the rows registered as the view (None: the query as given), or, when the query only picks
+    columns of those rows, `result`, the answer itself (no DataFusion)."""
 
     view: str
-    sql: str
-    rows: int
+    sql: str | None
+    rows: pa.Table
+    result: pa.Table | None = None
 
 
 def _scan(reason: str, view: str | None = None) -> Plan:
     return Plan(False, reason, view)
 
 
-def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list[str] | None = None) -> Plan:
-    """Decide the route of `sql` (reads the view's description and snapshot, never its data files)."""
+def parse(sql: str) -> exp.Expression | None:
+    """`sql` parsed as the engine reads it; None if sqlglot cannot."""
     try:
-        tree = sqlglot.parse_one(sql, read=StreamSQL)
+        return sqlglot.parse_one(sql, read=StreamSQL)
     except (sqlglot.errors.SqlglotError, RecursionError):
-        return _scan("sqlglot does not parse it")
+        return None
+
+
+def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list[str] | None = None,
+         tree: exp.Expression | None = None) -> Plan:
+    """Decide the route of `sql` (reads the view's description and snapshot, never its data files).
+
+    `tree` is `sql` already parsed (the caller's copy, which a lookup may change): the positions of its
+    literals refer to `sql`, and literals put in by parameter binding (pgserver/params.py) carry none."""
+    if tree is None:
+        tree = parse(sql)
+        if tree is None:
+            return _scan("sqlglot does not parse it")
     if not isinstance(tree, exp.Select):
         return _scan("not a single SELECT" if isinstance(tree, exp.Query) else "not a query")
     for arg in ("with_", "with", "joins", "laterals", "connect", "into"):
@@ -133,6 +149,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     lo: int | None = None
     hi: int | None = None
     others = 0
+    exact = True
     for cond in _conjuncts(where.this):
         col, op, other = _comparison(cond)
         name = _column(col, columns, qualifiers) if col is not None else None
@@ -143,7 +160,10 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
                              f"({schema.field(name).type})")
             elif name not in key:
                 key[name] = value
+                continue
+            exact = False
             continue
+        exact = False
         if name is not None and name == tcol and op is not None:
             bounds = [_timestamp_literal(o, sql) for o in (other if isinstance(other, tuple) else (other,))]
             if all(b is not None for b in bounds):
@@ -157,7 +177,8 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     if missing:
         why = notes[0] if notes else f"WHERE does not fix {missing[0]} to a literal (it needs {missing[0]} = <literal>)"
         return _scan(why, real)
-    p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others)
+    p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others,
+             exact=exact)
     return _locate(p, d)
 
 
@@ -244,7 +265,9 @@ def _key_literal(node: Any, t: pa.DataType, sql: str) -> Any:
         if isinstance(node, exp.Literal) and node.is_string:
             value = node.this
             # The text must be the plain standard literal: no escapes sqlglot and DataFusion might read apart.
-            return value if _raw(node, sql) == "'" + value.replace("'", "''") + "'" else None
+            # A bound parameter has no text of its own: what counts is how it is rendered for DataFusion.
+            raw = node.sql(dialect=StreamSQL) if node.meta.get("bound") else _raw(node, sql)
+            return value if raw == "'" + value.replace("'", "''") + "'" else None
         return None
     sign = 1
     if isinstance(node, exp.Neg):
@@ -348,23 +371,63 @@ def _by_statistics(path: Path, key: dict[str, Any], expr: pc.Expression) -> pa.T
     return pf.read_row_groups(groups).filter(expr) if groups else None
 
 
-def point_lookup(engine: Engine, ctx: SessionContext, sql: str, as_of_version: int | None,
-                 names: list[str]) -> Lookup | None:
-    """If `sql` is a point lookup, register the view's rows for its key in `ctx` and return the SQL to run
-    there; None for any other query (it is scanned as usual)."""
-    p = plan(engine, sql, as_of_version, names)
+def picked(p: Plan) -> list[tuple[str, str]] | None:
+    """(output name, view column) of each result column when the query does nothing but pick columns of
+    the rows a lookup finds (`SELECT a, b AS c, * FROM view WHERE <the keys> = <literals>`), named as
+    DataFusion names them; None when anything else is asked (then DataFusion runs the query)."""
+    tree = p.tree
+    if not p.exact or any(v for k, v in tree.args.items() if k not in ("expressions", "from_", "from", "where")):
+        return None
+    visible = visible_columns(p.meta, p.schema)
+    alias = p.table.args.get("alias")
+    qualifiers = {_ident(alias.this) if alias is not None else _ident(p.table.this)}
+    out: list[tuple[str, str]] = []
+    for e in tree.expressions:
+        if isinstance(e, exp.Star) and not any(e.args.values()):
+            out += [(c, c) for c in visible]
+            continue
+        name = _ident(e.args["alias"]) if isinstance(e, exp.Alias) and isinstance(e.args.get("alias"),
+                                                                                  exp.Identifier) else None
+        col = e.this if isinstance(e, exp.Alias) else e
+        if not isinstance(col, exp.Column) or (isinstance(e, exp.Alias) and name is None):
+            return None
+        real = _column(col, visible, qualifiers)
+        if real is None:
+            return None
+        out.append((name or real, real))
+    if len({n for n, _ in out}) != len(out):  # DataFusion refuses or renames duplicate names
+        return None
+    return out
+
+
+def point_lookup(engine: Engine, sql: str, as_of_version: int | None, names: list[str],
+                 tree: exp.Expression | None = None) -> Lookup | None:
+    """If `sql` (or `tree`, see `plan`) is a point lookup, the view's rows for its key and the SQL to run
+    over them registered as the view (or, if the query only picks columns, the answer); None for any
+    other query (it is scanned as usual)."""
+    p = plan(engine, sql, as_of_version, names, tree)
     if not p.lookup:
         return None
     rows = fetch(p, engine._series_root())
-    ctx.register_record_batches(quote(p.view), [rows.to_batches() or [pa.RecordBatch.from_pylist([], rows.schema)]])
+    p.lease = None  # the rows are in memory: consolidation may delete the files now
+    columns = picked(p)
+    if columns is not None:
+        result = rows.select([c for _, c in columns]).rename_columns([n for n, _ in columns])
+        return Lookup(p.view, None, rows, result)
     table = p.table
-    text = sql
+    text = None  # the query as given
     if p.view != table.name or not table.this.quoted and p.view != p.view.lower():  # as Engine.query does
         if not table.alias:
             table.set("alias", exp.TableAlias(this=table.this.copy()))
         table.set("this", exp.to_identifier(p.view, quoted=True))
         text = p.tree.sql(dialect=DataFusionSQL)
-    return Lookup(p.view, text, rows.num_rows)
+    return Lookup(p.view, text, rows)
+
+
+def register(ctx: SessionContext, found: Lookup) -> None:
+    """Register the rows a lookup found as its view in `ctx` (for `found.sql`)."""
+    rows = found.rows
+    ctx.register_record_batches(quote(found.view), [rows.to_batches() or [pa.RecordBatch.from_pylist([], rows.schema)]])
 
 
 def explain(engine: Engine, sql: str, as_of_version: int | None = None) -> str:
@@ -386,4 +449,6 @@ def explain(engine: Engine, sql: str, as_of_version: int | None = None) -> str:
     narrowed = " (window range)" if p.span != (None, None) else ""
     rest = f"; {p.others} other condition(s)" if p.others else ""
     return (f"point lookup on {p.view} by {p.key_text}: {base}{narrowed}, and {len(p.tail)} of "
-            f"{len(p.snap.tail)} tail version(s); then DataFusion runs the query over the rows found{rest}")
+            f"{len(p.snap.tail)} tail version(s); then "
+            + ("the columns asked for are taken from the rows found" if picked(p) is not None else
+               f"DataFusion runs the query over the rows found{rest}"))

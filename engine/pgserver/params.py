@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -65,7 +67,15 @@ def decode(raw: bytes | None, oid: int, fmt: int) -> Any:
 
 
 def literal(value: Any) -> exp.Expression:
-    """The syntax-tree node for one bound value."""
+    """The syntax-tree node for one bound value (marked `bound`: it has no text of its own in the
+    statement, see engine/lookup.py `_key_literal`)."""
+    node = _literal(value)
+    for n in node.walk():
+        n.meta["bound"] = True
+    return node
+
+
+def _literal(value: Any) -> exp.Expression:
     if value is None:
         return exp.Null()
     if isinstance(value, bool):
@@ -86,17 +96,67 @@ def literal(value: Any) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
-def bind(sql: str, values: Sequence[Any]) -> str:
-    """`sql` with each `$n` replaced by the literal node of values[n-1]."""
-    if not values and "$" not in sql:
-        return sql
+def parse(sql: str) -> exp.Expression:
+    """`sql` as the engine parses it; PgError 42601 if sqlglot cannot."""
     try:
-        tree = sqlglot.parse_one(sql, read=StreamSQL)
+        return sqlglot.parse_one(sql, read=StreamSQL)
     except (sqlglot.errors.SqlglotError, RecursionError) as e:
         raise PgError("42601", f"cannot bind parameters: the statement does not parse: {str(e)[:300]}") from None
+
+
+def bind_tree(tree: exp.Expression, values: Sequence[Any]) -> exp.Expression:
+    """`tree` (changed in place) with each `$n` replaced by the literal node of values[n-1]."""
     for p in list(tree.find_all(exp.Parameter)):
         n = p.this.name if isinstance(p.this, exp.Expression) else str(p.this)
         if not n.isdigit() or not 1 <= int(n) <= len(values):
             raise PgError("08P01", f"${n} has no bound value ({len(values)} parameter(s) were sent)")
         p.replace(literal(values[int(n) - 1]))
-    return tree.sql(dialect=StreamSQL)
+    return tree
+
+
+def bind(sql: str, values: Sequence[Any]) -> str:
+    """`sql` with each `$n` replaced by the literal node of values[n-1]."""
+    if not values and "$" not in sql:
+        return sql
+    return bind_tree(parse(sql), values).sql(dialect=StreamSQL)
+
+
+class Statements:
+    """Parsed statements by text, the newest `size` kept (shared by a server's connections): a prepared
+    statement is parsed once, not at every Bind, as PostgreSQL plans an extended-protocol statement once.
+    Each Bind gets its own copy of the tree to put its values into; the tree is syntax only (what a name
+    means is looked up when the statement runs), so nothing in it goes stale."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._trees: OrderedDict[str, exp.Expression | PgError] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def tree(self, sql: str) -> exp.Expression:
+        """A fresh copy of `sql`'s syntax tree (PgError 42601 if it does not parse)."""
+        with self._lock:
+            tree = self._trees.get(sql)
+            if tree is not None:
+                self._trees.move_to_end(sql)
+        if tree is None:
+            try:
+                tree = parse(sql)
+            except PgError as e:
+                tree = e
+            with self._lock:
+                self._trees[sql] = tree
+                while len(self._trees) > self.size:
+                    self._trees.popitem(last=False)
+        if isinstance(tree, PgError):
+            raise PgError(tree.sqlstate, tree.message, tree.hint)
+        return tree.copy()
+
+    def bind(self, sql: str, values: Sequence[Any]) -> exp.Expression | None:
+        """The tree of `sql` with `values` bound; None when `sql` has no parameters and does not parse
+        (it then runs as written, and the engine says what is wrong with it)."""
+        if not values and "$" not in sql:
+            try:
+                return self.tree(sql)
+            except PgError:
+                return None
+        return bind_tree(self.tree(sql), values)

@@ -60,10 +60,11 @@ class _Closed(Exception):
 
 
 class _Portal:
-    """A bound statement: its SQL with values in place, result formats, and the result once started."""
+    """A bound statement: its SQL (with $n placeholders) and syntax tree with the values in place (None
+    if it does not parse), result formats, and the result once started."""
 
-    def __init__(self, sql: str, result_formats: list[int]) -> None:
-        self.sql, self.result_formats = sql, result_formats
+    def __init__(self, sql: str, tree: Any, result_formats: list[int]) -> None:
+        self.sql, self.tree, self.result_formats = sql, tree, result_formats
         self.result: Result | None = None
         self.pending: pa.RecordBatch | None = None  # rows of a batch left over by an Execute row limit
         self.sent = 0
@@ -299,13 +300,14 @@ class PgHandler(BuenaVistaHandler):
             ctx.portals.pop(portal).close()
         if self.server.catalog.handles(sql):  # before binding re-renders it: reg* casts become CAST(... AS REGTYPE)
             sql = rewrite_catalog(sql)
-        ctx.portals[portal] = _Portal(bind_params.bind(sql, values), result_formats)
+        ctx.portals[portal] = _Portal(sql, self.server.statements.bind(sql, values), result_formats)
         self.send_bind_complete()
 
     def _start(self, ctx: PgContext, portal: _Portal) -> Result:
         if portal.result is None:
             ctx.cancelled.clear()
-            portal.result = ctx.pg.execute(portal.sql)
+            tree, portal.tree = portal.tree, None  # the engine may change it: it runs once
+            portal.result = ctx.pg.execute(portal.sql, tree)
         return portal.result
 
     def _describe(self, ctx: PgContext, payload: bytes) -> None:
@@ -338,7 +340,7 @@ class PgHandler(BuenaVistaHandler):
         first = (strip(sql).split(None, 1) or [""])[0].lower()
         if first not in ("select", "with", "values", "table", "show", "explain", "("):
             return None
-        result = ctx.pg.execute(bind_params.bind(sql, [None] * nparams))
+        result = ctx.pg.execute(sql, self.server.statements.bind(sql, [None] * nparams))
         if result.reader is None:
             return None
         schema = result.reader.schema
@@ -461,6 +463,7 @@ class PgServer(BuenaVistaServer):
         self.engine, self.password = engine, password
         self.metrics: Any = None  # a Metrics (engine/metrics.py) when --metrics-port is given
         self.catalog = Catalog(engine)
+        self.statements = bind_params.Statements()
         self.ctxts: dict[int, PgContext] = {}
         self._lock = threading.Lock()
 
