@@ -58,6 +58,7 @@ from pondstream.state.series import (
     series_meta,
     start_column,
 )
+from pondstream.state.statcache import StatCache
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
@@ -320,10 +321,12 @@ class Engine:
     def series_names(self) -> list[str]:
         """Every series folder (a usable name holding any series file); others are not ours."""
         root = self._series_root()
-        if not root.exists():
-            return []
-        return sorted(p.name for p in root.iterdir()
-                      if is_valid_name(p.name, MAX_SERIES_NAME) and any((p / f).exists() for f in (META, HEAD, LOG)))
+        # The listing is kept while the folder is unchanged; folders that held no series file yet are
+        # looked at again each time (files appearing inside them do not change the folder's mtime).
+        names, pending = _LISTINGS.get(root, (root,), lambda: _list_series(root))
+        if pending:
+            names = sorted([*names, *(n for n in pending if _is_series(root / n))])
+        return list(names)
 
     def _snapshot(self, name: str) -> Snapshot | None:
         """The verified base and tail of series `name`; None if the view has not run."""
@@ -593,6 +596,24 @@ class Engine:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")
                 s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
+
+
+_LISTINGS = StatCache(16)
+
+
+def _is_series(d: Path) -> bool:
+    return any((d / f).exists() for f in (META, HEAD, LOG))
+
+
+def _list_series(root: Path) -> tuple[list[str], list[str]]:
+    """The series folders under `root`, and the folders with a usable name that hold no series file."""
+    try:
+        with os.scandir(root) as entries:
+            found = sorted(e.name for e in entries if is_valid_name(e.name, MAX_SERIES_NAME) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    series = [n for n in found if _is_series(root / n)]
+    return series, [n for n in found if n not in set(series)]
 
 
 def _latest_files(snap: Snapshot) -> list[dict]:

@@ -36,15 +36,28 @@ from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.state.consolidate import _latest
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged
-from pondstream.state.keys import KeyFile, key_columns, live_parts, only_parts
+from pondstream.state.keys import KEY_FILES, KeyFile, key_columns, live_parts, only_parts
 from pondstream.state.leases import Lease
 from pondstream.state.paths import series_dir
-from pondstream.state.series import Snapshot, read_snapshot, series_meta, start_column
+from pondstream.state.series import (
+    BASE,
+    HEAD,
+    LOG,
+    META,
+    SCHEMA,
+    Snapshot,
+    read_snapshot,
+    series_meta,
+    start_column,
+)
+from pondstream.state.statcache import StatCache
 from pondstream.state.table import damaged_file, quote, visible_columns
 
 if TYPE_CHECKING:
     from pondstream.engine.api import Engine
 
+# Views' descriptions and snapshots, kept while their files are unchanged (shared: never changed here).
+_DESCRIPTIONS, _SNAPSHOTS = StatCache(), StatCache()
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?")
 _INT = re.compile(r"\d+")
 
@@ -133,7 +146,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     if table.args.get("version") is not None or as_of_version is not None:
         return _scan("an as-of version: it reads history files", real)
     d = series_dir(engine._series_root(), real)
-    meta, schema = series_meta(d)
+    meta, schema = _DESCRIPTIONS.get(d, (d / META, d / SCHEMA), lambda: series_meta(d))
     keys, why_not = key_columns(meta, schema)
     if why_not is not None:
         return _scan(f"{real} cannot be looked up: {why_not}", real)
@@ -186,7 +199,7 @@ def _locate(p: Plan, d: Path) -> Plan:
     """The base files and tail versions the key may be in (window range), and whether each base file has
     what a lookup needs."""
     p.lease = Lease(d)  # before the snapshot: the files it names stay while the lookup reads them
-    p.snap = snap = read_snapshot(d)
+    p.snap = snap = _SNAPSHOTS.get(d, (d / HEAD, d / BASE, d / LOG), lambda: read_snapshot(d))
     p.files = [f for f in snap.base["files"] if _overlaps(f, p.tcol, p.span)]
     p.tail = [e for e in snap.tail if _overlaps(e, p.tcol, p.span)]
     if p.tcol is not None:
@@ -313,8 +326,7 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     try:
         wanted = {f["file"] for f in p.files}
         for k in p.key_files:
-            with KeyFile(d / k["file"], repair) as kf:
-                rows = kf.lookup(key)
+            rows = KEY_FILES.lookup(d / k["file"], repair, key)
             if rows is not None and rows.num_rows:
                 parts.append(only_parts(rows, live_parts(k, wanted)))
         for f in p.files if p.tcol is None else []:

@@ -65,7 +65,8 @@ def series_dir(root: str | Path, name: str) -> Path:
     check_name(name, "series name", MAX_SERIES_NAME)
     base = Path(root).resolve()
     d = base / name
-    if d.resolve().parent != base:  # a symlink planted in the state dir
+    # `name` is one plain component and `base` is resolved, so only a symlink at `d` can lead elsewhere.
+    if os.path.islink(d) and d.resolve().parent != base:  # a symlink planted in the state dir
         raise EngineError(f"{d} points outside the state dir ({d.resolve()}); remove it")
     return d
 
