@@ -18,7 +18,7 @@ from datafusion import SessionContext
 from datafusion.record_batch import RecordBatchStream
 from sqlglot import exp
 
-from pondstream.engine.lookup import explain, point_lookup
+from pondstream.engine.lookup import explain, point_lookup, substitute
 from pondstream.engine.lookup import parse as parse_query
 from pondstream.engine.lookup import register as register_lookup
 from pondstream.engine.query_functions import query_context
@@ -349,36 +349,41 @@ class Engine:
         """The whole result of `query_stream` as one table (for results that fit in memory)."""
         return self.query_stream(sql, as_of_version).read_all()
 
-    def query_stream(self, sql: str, as_of_version: int | None = None,
-                     tree: exp.Expression | None = None) -> pa.RecordBatchReader:
+    def query_stream(self, sql: str, as_of_version: int | None = None, tree: exp.Expression | None = None,
+                     params: list[exp.Expression] | None = None) -> pa.RecordBatchReader:
         """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
         `FROM view VERSION AS OF n` reads one view as it was at version n.
         Batches are computed as they are read; closing the reader early stops the query.
-        `tree`: the statement already parsed with the StreamSQL dialect, from `sql` (so the positions
-        of its literals refer to `sql`) and then maybe changed (parameters bound as literal nodes,
-        pgserver/params.py): the engine takes it over and runs it, rendered where text is needed."""
+        `tree`: `sql` already parsed with the StreamSQL dialect (so the positions of its literals refer
+        to `sql`), never changed here (it may be shared, as a server's cached statement is); `params`:
+        the literal nodes its `$n` stand for (pgserver/params.py). The tree with those values in place
+        is what runs, rendered where text is needed."""
         check_limits(sql)
         names = self.series_names()
         given = tree is not None
         if tree is None:
             tree = parse_query(sql)
 
-        def as_given() -> str:  # the text of the statement as it stands (given: rendered, and checked)
+        def as_given() -> str:  # the text of the statement with its values (given: rendered, and checked)
             if not given:
                 return sql
             text = tree.sql(dialect=StreamSQL)
             check_limits(text)
             return text
 
-        found = point_lookup(self, sql, as_of_version, names, tree)  # WHERE fixes a view's keys: no scan
+        found = point_lookup(self, sql, as_of_version, names, tree, params)  # WHERE fixes a view's keys: no scan
         if found is not None:
             if found.result is not None:  # only columns of the rows found: the answer, without DataFusion
                 return found.result.to_reader()
             ctx = query_context()
             register_lookup(ctx, found)
+            if found.sql is None and given:
+                tree = substitute(tree.copy(), params)
             return self._run(ctx, found.sql if found.sql is not None else as_given(), names, used={found.view})
         ctx = query_context()
+        if given:  # the scan below changes the tree: a copy of our own, with the values in place
+            tree = substitute(tree.copy(), params)
         written = as_given()
         if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None

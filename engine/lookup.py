@@ -105,6 +105,24 @@ def _scan(reason: str, view: str | None = None) -> Plan:
     return Plan(False, reason, view)
 
 
+def parameter_name(p: exp.Parameter) -> str:
+    """The n of `$n`."""
+    return p.this.name if isinstance(p.this, exp.Expression) else str(p.this)
+
+
+def substitute(tree: exp.Expression, params: list[exp.Expression] | None) -> exp.Expression:
+    """`tree` (changed in place) with each `$n` replaced by a copy of params[n-1]; EngineError for a `$n`
+    without one."""
+    if params is None:
+        return tree
+    for node in list(tree.find_all(exp.Parameter)):
+        n = parameter_name(node)
+        if not n.isdigit() or not 1 <= int(n) <= len(params):
+            raise EngineError(f"${n} has no bound value ({len(params)} parameter(s) were given)")
+        node.replace(params[int(n) - 1].copy())
+    return tree
+
+
 def parse(sql: str) -> exp.Expression | None:
     """`sql` parsed as the engine reads it; None if sqlglot cannot."""
     try:
@@ -114,11 +132,12 @@ def parse(sql: str) -> exp.Expression | None:
 
 
 def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list[str] | None = None,
-         tree: exp.Expression | None = None) -> Plan:
+         tree: exp.Expression | None = None, params: list[exp.Expression] | None = None) -> Plan:
     """Decide the route of `sql` (reads the view's description and snapshot, never its data files).
 
-    `tree` is `sql` already parsed (the caller's copy, which a lookup may change): the positions of its
-    literals refer to `sql`, and literals put in by parameter binding (pgserver/params.py) carry none."""
+    `tree` is `sql` already parsed, read but never changed (it may be shared): the positions of its
+    literals refer to `sql`. `params` are the literal nodes its `$n` stand for (pgserver/params.py; they
+    carry no position: they are marked `bound`)."""
     if tree is None:
         tree = parse(sql)
         if tree is None:
@@ -165,6 +184,8 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     exact = True
     for cond in _conjuncts(where.this):
         col, op, other = _comparison(cond)
+        if params is not None:
+            other = tuple(_param(o, params) for o in other) if isinstance(other, tuple) else _param(other, params)
         name = _column(col, columns, qualifiers) if col is not None else None
         if name in keys and op == "=":
             value = _key_literal(other, schema.field(name).type, sql)
@@ -193,6 +214,15 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others,
              exact=exact)
     return _locate(p, d)
+
+
+def _param(node: Any, params: list[exp.Expression]) -> Any:
+    """The bound literal a `$n` stands for; any other node as it is."""
+    if isinstance(node, exp.Parameter):
+        n = parameter_name(node)
+        if n.isdigit() and 1 <= int(n) <= len(params):
+            return params[int(n) - 1]
+    return node
 
 
 def _locate(p: Plan, d: Path) -> Plan:
@@ -345,11 +375,20 @@ def fetch(p: Plan, root: Path) -> pa.Table:
             raise damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its stream: "
                           f"pondstream run FILE.sql --reset {p.view.removesuffix('__late')}") from None
         raise EngineError(f"query failed: {str(e).splitlines()[0]}") from None
-    rows = pa.concat_tables([t.select(file_schema.names).cast(file_schema) for t in parts]) if parts else \
-        file_schema.empty_table()
+    rows = pa.concat_tables([_as(t, file_schema) for t in parts]) if parts else file_schema.empty_table()
     if any(e.get("supersedes") for e in p.tail) and rows.num_rows:
         rows, _ = _latest(rows, p.meta["identity"])  # a tail row replaces the base's (or an older tail's)
     return rows.select(visible_columns(p.meta, p.schema))
+
+
+def _as(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`t`'s columns of `schema`, with its types (cast only if they differ: a cast is a compute call)."""
+    t = t.select(schema.names)
+    if t.schema.equals(schema):
+        return t
+    if [f.type for f in t.schema] == [f.type for f in schema]:
+        return pa.Table.from_arrays(t.columns, schema=schema)
+    return t.cast(schema)
 
 
 def _version_rows(path: Path, key: dict[str, Any]) -> pa.Table | None:
@@ -413,11 +452,11 @@ def picked(p: Plan) -> list[tuple[str, str]] | None:
 
 
 def point_lookup(engine: Engine, sql: str, as_of_version: int | None, names: list[str],
-                 tree: exp.Expression | None = None) -> Lookup | None:
-    """If `sql` (or `tree`, see `plan`) is a point lookup, the view's rows for its key and the SQL to run
-    over them registered as the view (or, if the query only picks columns, the answer); None for any
-    other query (it is scanned as usual)."""
-    p = plan(engine, sql, as_of_version, names, tree)
+                 tree: exp.Expression | None = None, params: list[exp.Expression] | None = None) -> Lookup | None:
+    """If `sql` (or `tree` with `params`, see `plan`) is a point lookup, the view's rows for its key and
+    the SQL to run over them registered as the view (or, if the query only picks columns, the answer);
+    None for any other query (it is scanned as usual)."""
+    p = plan(engine, sql, as_of_version, names, tree, params)
     if not p.lookup:
         return None
     rows = fetch(p, engine._series_root())
@@ -429,10 +468,12 @@ def point_lookup(engine: Engine, sql: str, as_of_version: int | None, names: lis
     table = p.table
     text = None  # the query as given
     if p.view != table.name or not table.this.quoted and p.view != p.view.lower():  # as Engine.query does
+        mine = substitute(p.tree.copy(), params)  # the tree may be shared: change a copy
+        table = (mine.args.get("from_") or mine.args.get("from")).this
         if not table.alias:
             table.set("alias", exp.TableAlias(this=table.this.copy()))
         table.set("this", exp.to_identifier(p.view, quoted=True))
-        text = p.tree.sql(dialect=DataFusionSQL)
+        text = mine.sql(dialect=DataFusionSQL)
     return Lookup(p.view, text, rows)
 
 

@@ -60,11 +60,13 @@ class _Closed(Exception):
 
 
 class _Portal:
-    """A bound statement: its SQL (with $n placeholders) and syntax tree with the values in place (None
-    if it does not parse), result formats, and the result once started."""
+    """A bound statement: its SQL (with $n placeholders), its shared syntax tree (None if it does not
+    parse) and the literal nodes of its values (params.Statements.bind), result formats, and the result
+    once started."""
 
-    def __init__(self, sql: str, tree: Any, result_formats: list[int]) -> None:
-        self.sql, self.tree, self.result_formats = sql, tree, result_formats
+    def __init__(self, sql: str, bound: tuple[Any, list], result_formats: list[int]) -> None:
+        self.sql, self.result_formats = sql, result_formats
+        self.tree, self.params = bound
         self.result: Result | None = None
         self.pending: pa.RecordBatch | None = None  # rows of a batch left over by an Execute row limit
         self.sent = 0
@@ -306,8 +308,7 @@ class PgHandler(BuenaVistaHandler):
     def _start(self, ctx: PgContext, portal: _Portal) -> Result:
         if portal.result is None:
             ctx.cancelled.clear()
-            tree, portal.tree = portal.tree, None  # the engine may change it: it runs once
-            portal.result = ctx.pg.execute(portal.sql, tree)
+            portal.result = ctx.pg.execute(portal.sql, portal.tree, portal.params)
         return portal.result
 
     def _describe(self, ctx: PgContext, payload: bytes) -> None:
@@ -340,7 +341,7 @@ class PgHandler(BuenaVistaHandler):
         first = (strip(sql).split(None, 1) or [""])[0].lower()
         if first not in ("select", "with", "values", "table", "show", "explain", "("):
             return None
-        result = ctx.pg.execute(sql, self.server.statements.bind(sql, [None] * nparams))
+        result = ctx.pg.execute(sql, *self.server.statements.bind(sql, [None] * nparams))
         if result.reader is None:
             return None
         schema = result.reader.schema

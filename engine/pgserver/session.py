@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from pondstream.engine.pgserver.catalog import Catalog
 from pondstream.engine.pgserver.errors import READ_ONLY, PgError
-from pondstream.sql.dialect import StreamSQL
+from pondstream.engine.pgserver.params import with_values
 
 SERVER_VERSION = "16.0"
 # Reported at start-up (ParameterStatus) and by SHOW; SET changes a session's copy.
@@ -75,13 +75,13 @@ class Session:
         if self.tx == "T":
             self.tx = "E"
 
-    def execute(self, sql: str, tree: Any = None) -> Result:
-        """Run one statement. With `tree`, its syntax tree with the parameters bound (params.py), `sql` is
-        the statement as the client prepared it, $n placeholders and all: what it is (a SET, a write, a
-        catalog query) is read from that text, so no value can change it, and the tree is what runs."""
+    def execute(self, sql: str, tree: Any = None, params: list | None = None) -> Result:
+        """Run one statement. With `tree`, `sql`'s syntax tree (shared, see params.Statements) and the
+        literal nodes of the values its `$n` stand for: what the statement is (a SET, a write, a catalog
+        query) is read from `sql`, so no value can change it, and the tree with the values is what runs."""
         text = strip(sql)
         if tree is not None and "$" in text and text.split(None, 1)[0].lower() not in _QUERIES:
-            text, tree = strip(tree.sql(dialect=StreamSQL)), None  # SET, SHOW, EXPLAIN ...: as bound
+            text, tree = strip(with_values(tree, params or [])), None  # SET, SHOW, EXPLAIN ...: as bound
         if not text:
             return Result("")
         words = text.split(None, 2)
@@ -121,9 +121,9 @@ class Session:
             raise PgError(READ_ONLY, f"cannot execute {first.upper()} in a read-only server",
                           "pondstream serve only reads the views; they change through `pondstream run`")
         if self.catalog.handles(text):
-            return Result("SELECT", self.catalog.query(text if tree is None else tree.sql(dialect=StreamSQL), self))
+            return Result("SELECT", self.catalog.query(text if tree is None else with_values(tree, params or []), self))
         if tree is not None:
-            return Result("SELECT", self.engine.query_stream(sql, tree=tree))
+            return Result("SELECT", self.engine.query_stream(sql, tree=tree, params=params))
         return Result("SELECT", self.engine.query_stream(text))
 
     def _set(self, text: str) -> Result:
