@@ -50,7 +50,7 @@ from pondstream.state.series import (
     series_meta,
     start_column,
 )
-from pondstream.state.statcache import StatCache
+from pondstream.state.statcache import StatCache, identity
 from pondstream.state.table import damaged_file, quote, visible_columns
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class Plan:
     files: list[dict[str, Any]] = field(default_factory=list)  # base files that may hold the key
     key_files: list[dict[str, Any]] = field(default_factory=list)  # the key files covering them
     tail: list[dict[str, Any]] = field(default_factory=list)  # tail versions that may hold it
+    dir: Path | None = None  # the view's folder
+    key_stats: dict[str, tuple] = field(default_factory=dict)  # key file -> its identity when located
     others: int = 0  # WHERE conditions besides the key and window range (DataFusion applies them)
     exact: bool = False  # the WHERE is the key equalities and nothing else: the rows found are the answer's
     lease: Lease | None = None
@@ -212,7 +214,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
         why = notes[0] if notes else f"WHERE does not fix {missing[0]} to a literal (it needs {missing[0]} = <literal>)"
         return _scan(why, real)
     p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others,
-             exact=exact)
+             exact=exact, dir=d)
     return _locate(p, d)
 
 
@@ -240,7 +242,8 @@ def _locate(p: Plan, d: Path) -> Plan:
         if bare:
             return _scan(f"{len(bare)} base file(s) of {p.view} have no key file yet (consolidated by an older "
                          f"pondstream; each consolidation indexes one), e.g. {bare[0]}", p.view)
-        gone = [k["file"] for k in p.key_files if not (d / k["file"]).exists()]
+        p.key_stats = {k["file"]: identity(d / k["file"]) for k in p.key_files}
+        gone = [name for name, i in p.key_stats.items() if i is None]
         if gone:
             return _scan(f"key file {gone[0]} of {p.view} is missing (each consolidation rebuilds one base file's)",
                          p.view)
@@ -343,7 +346,7 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     """The view's latest rows with the plan's key (a superset of what the query selects; never missing
     one): base rows from key files (or, for a key-sorted base, row groups by statistics), tail rows from
     the version files, the newest per identity kept."""
-    d = series_dir(root, p.view)
+    d = p.dir or series_dir(root, p.view)
     file_schema = p.schema.append(pa.field("_version", pa.int64()))
     key = tuple(p.key.values())
     expr = None
@@ -356,7 +359,7 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     try:
         wanted = {f["file"] for f in p.files}
         for k in p.key_files:
-            rows = KEY_FILES.lookup(d / k["file"], repair, key)
+            rows = KEY_FILES.lookup(d / k["file"], repair, key, p.key_stats.get(k["file"]))
             if rows is not None and rows.num_rows:
                 parts.append(only_parts(rows, live_parts(k, wanted)))
         for f in p.files if p.tcol is None else []:

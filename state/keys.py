@@ -229,14 +229,15 @@ class KeyFileCache:
             self._batches.clear()
             self._bytes = 0
 
-    def lookup(self, path: Path, repair: str, key: tuple) -> pa.Table | None:
-        """What `KeyFile(path).lookup(key)` gives: the rows whose key columns equal `key`."""
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise damaged(path, "missing", repair) from None
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        keep = time.time_ns() - st.st_mtime_ns > RACY_NS
+    def lookup(self, path: Path, repair: str, key: tuple, ident: tuple | None = None) -> pa.Table | None:
+        """What `KeyFile(path).lookup(key)` gives: the rows whose key columns equal `key`. `ident`: the
+        file's (device, inode, size, mtime) if the caller has just taken them (else they are)."""
+        if ident is None:
+            try:
+                ident = _identity(os.stat(path))
+            except FileNotFoundError:
+                raise damaged(path, "missing", repair) from None
+        keep = time.time_ns() - ident[3] > RACY_NS
         name = str(path)
         with self._lock:
             cached = self._files.get(name)

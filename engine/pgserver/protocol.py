@@ -12,6 +12,7 @@ and is overridden here, each in one method:
 - results: rows are streamed batch by batch from a RecordBatchReader (encode.py builds each batch's
   DataRows with numpy), writes are buffered and flushed before each read, a client gone mid-result
   closes the reader (which stops the DataFusion query); Execute honours its row limit (PortalSuspended);
+  the answers to Parse/Bind/Describe/Execute/Close go out at the next Sync or Flush, as PostgreSQL's do;
 - parameters: Bind decodes values by type OID and format (params.py), instead of guessing dates;
 - statements: BEGIN/SET/SHOW and the read-only refusal (session.py), catalog queries (catalog.py);
 - authentication: any user name with the one server password, compared in constant time; a wrong one
@@ -53,6 +54,12 @@ log = logging.getLogger("pondstream.serve")
 MAX_MESSAGE = 64 << 20  # a longer message is a broken or hostile client, not a query
 MAX_STARTUP = 10_000
 SSL_REQUEST, GSS_REQUEST, CANCEL_REQUEST, PROTOCOL_3 = 80877103, 80877104, 80877102, 196608
+
+
+# After these the answer stays buffered, as PostgreSQL does: a client sends Sync or Flush when it wants
+# to read (psycopg: Parse, Bind, Describe, Execute, Sync), so one query is one send, not five.
+_HELD = frozenset({ClientCommand.PARSE, ClientCommand.BIND, ClientCommand.DESCRIBE, ClientCommand.EXECUTE,
+                   ClientCommand.CLOSE})
 
 
 class _Closed(Exception):
@@ -105,8 +112,10 @@ class PgHandler(BuenaVistaHandler):
         ctx: PgContext | None = None
         try:
             ctx = self.handle_startup(self.server.conn)
+            code = b""
             while ctx is not None:
-                self.wfile.flush()
+                if code not in _HELD:  # Parse/Bind/Describe/Execute/Close answers wait for Sync or Flush
+                    self.wfile.flush()
                 code, payload = self._read_message()
                 if code == ClientCommand.TERMINATE:
                     break
