@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import sqlglot
 from datafusion import SessionContext
 from datafusion.record_batch import RecordBatchStream
 from sqlglot import exp
 
-from pondstream.engine.lookup import explain, point_lookup
+from pondstream.engine.lookup import explain, point_lookup, substitute
+from pondstream.engine.lookup import parse as parse_query
+from pondstream.engine.lookup import register as register_lookup
 from pondstream.engine.query_functions import query_context
 from pondstream.engine.streams import guard_exit, overlaps, pieces
 from pondstream.sql import (
@@ -57,6 +58,7 @@ from pondstream.state.series import (
     series_meta,
     start_column,
 )
+from pondstream.state.statcache import StatCache
 from pondstream.state.store import StateStore, Txn, prefix_end
 from pondstream.state.table import READ_ONLY, damaged_file, quote, register_series, visible_columns
 
@@ -319,10 +321,12 @@ class Engine:
     def series_names(self) -> list[str]:
         """Every series folder (a usable name holding any series file); others are not ours."""
         root = self._series_root()
-        if not root.exists():
-            return []
-        return sorted(p.name for p in root.iterdir()
-                      if is_valid_name(p.name, MAX_SERIES_NAME) and any((p / f).exists() for f in (META, HEAD, LOG)))
+        # The listing is kept while the folder is unchanged; folders that held no series file yet are
+        # looked at again each time (files appearing inside them do not change the folder's mtime).
+        names, pending = _LISTINGS.get(root, (root,), lambda: _list_series(root))
+        if pending:
+            names = sorted([*names, *(n for n in pending if _is_series(root / n))])
+        return list(names)
 
     def _snapshot(self, name: str) -> Snapshot | None:
         """The verified base and tail of series `name`; None if the view has not run."""
@@ -345,21 +349,42 @@ class Engine:
         """The whole result of `query_stream` as one table (for results that fit in memory)."""
         return self.query_stream(sql, as_of_version).read_all()
 
-    def query_stream(self, sql: str, as_of_version: int | None = None) -> pa.RecordBatchReader:
+    def query_stream(self, sql: str, as_of_version: int | None = None, tree: exp.Expression | None = None,
+                     params: list[exp.Expression] | None = None) -> pa.RecordBatchReader:
         """Run a read-only query over the views (latest versions, or as of `as_of_version`) with DataFusion.
 
         `FROM view VERSION AS OF n` reads one view as it was at version n.
-        Batches are computed as they are read; closing the reader early stops the query."""
+        Batches are computed as they are read; closing the reader early stops the query.
+        `tree`: `sql` already parsed with the StreamSQL dialect (so the positions of its literals refer
+        to `sql`), never changed here (it may be shared, as a server's cached statement is); `params`:
+        the literal nodes its `$n` stand for (pgserver/params.py). The tree with those values in place
+        is what runs, rendered where text is needed."""
         check_limits(sql)
-        ctx = query_context()
         names = self.series_names()
-        found = point_lookup(self, ctx, sql, as_of_version, names)  # WHERE fixes a view's keys: no scan
+        given = tree is not None
+        if tree is None:
+            tree = parse_query(sql)
+
+        def as_given() -> str:  # the text of the statement with its values (given: rendered, and checked)
+            if not given:
+                return sql
+            text = tree.sql(dialect=StreamSQL)
+            check_limits(text)
+            return text
+
+        found = point_lookup(self, sql, as_of_version, names, tree, params)  # WHERE fixes a view's keys: no scan
         if found is not None:
-            return self._run(ctx, found.sql, names, used={found.view})
-        try:
-            tree = sqlglot.parse_one(sql, read=StreamSQL)
-        except (sqlglot.errors.ParseError, RecursionError):
-            tree = None
+            if found.result is not None:  # only columns of the rows found: the answer, without DataFusion
+                return found.result.to_reader()
+            ctx = query_context()
+            register_lookup(ctx, found)
+            if found.sql is None and given:
+                tree = substitute(tree.copy(), params)
+            return self._run(ctx, found.sql if found.sql is not None else as_given(), names, used={found.view})
+        ctx = query_context()
+        if given:  # the scan below changes the tree: a copy of our own, with the values in place
+            tree = substitute(tree.copy(), params)
+        written = as_given()
         if not isinstance(tree, exp.Query):  # EXPLAIN, SHOW, and what DataFusion will refuse: as written
             tree = None
         registered: dict[str, str] = {}  # alias -> series
@@ -375,7 +400,7 @@ class Engine:
         if tree is None:
             for n in names:
                 register(n, as_of_version, alias=n)
-            text = sql
+            text = written
         else:
             rewrite = as_of_version is not None
             for table in tree.find_all(exp.Table):
@@ -400,7 +425,7 @@ class Engine:
                         table.set("alias", exp.TableAlias(this=table.this.copy()))
                     table.set("this", exp.to_identifier(alias, quoted=True))
                     rewrite = True
-            text = tree.sql(dialect=DataFusionSQL) if rewrite else sql
+            text = tree.sql(dialect=DataFusionSQL) if rewrite else written
         return self._run(ctx, text, names, used=set(registered.values()))
 
     def explain_route(self, sql: str, as_of_version: int | None = None) -> str:
@@ -576,6 +601,24 @@ class Engine:
                 by = self.query(f"SELECT reason, COUNT(*) AS n FROM {quote(name)} GROUP BY reason ORDER BY n DESC")
                 s["by_reason"] = dict(zip(by.column("reason").to_pylist(), by.column("n").to_pylist(), strict=True))
         return status
+
+
+_LISTINGS = StatCache(16)
+
+
+def _is_series(d: Path) -> bool:
+    return any((d / f).exists() for f in (META, HEAD, LOG))
+
+
+def _list_series(root: Path) -> tuple[list[str], list[str]]:
+    """The series folders under `root`, and the folders with a usable name that hold no series file."""
+    try:
+        with os.scandir(root) as entries:
+            found = sorted(e.name for e in entries if is_valid_name(e.name, MAX_SERIES_NAME) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    series = [n for n in found if _is_series(root / n)]
+    return series, [n for n in found if n not in set(series)]
 
 
 def _latest_files(snap: Snapshot) -> list[dict]:

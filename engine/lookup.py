@@ -36,15 +36,28 @@ from pondstream.sql.dialect import DataFusionSQL, StreamSQL
 from pondstream.state.consolidate import _latest
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged
-from pondstream.state.keys import KeyFile, key_columns, live_parts, only_parts
+from pondstream.state.keys import KEY_FILES, KeyFile, key_columns, live_parts, only_parts
 from pondstream.state.leases import Lease
 from pondstream.state.paths import series_dir
-from pondstream.state.series import Snapshot, read_snapshot, series_meta, start_column
+from pondstream.state.series import (
+    BASE,
+    HEAD,
+    LOG,
+    META,
+    SCHEMA,
+    Snapshot,
+    read_snapshot,
+    series_meta,
+    start_column,
+)
+from pondstream.state.statcache import StatCache, identity
 from pondstream.state.table import damaged_file, quote, visible_columns
 
 if TYPE_CHECKING:
     from pondstream.engine.api import Engine
 
+# Views' descriptions and snapshots, kept while their files are unchanged (shared: never changed here).
+_DESCRIPTIONS, _SNAPSHOTS = StatCache(), StatCache()
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?")
 _INT = re.compile(r"\d+")
 
@@ -67,7 +80,10 @@ class Plan:
     files: list[dict[str, Any]] = field(default_factory=list)  # base files that may hold the key
     key_files: list[dict[str, Any]] = field(default_factory=list)  # the key files covering them
     tail: list[dict[str, Any]] = field(default_factory=list)  # tail versions that may hold it
+    dir: Path | None = None  # the view's folder
+    key_stats: dict[str, tuple] = field(default_factory=dict)  # key file -> its identity when located
     others: int = 0  # WHERE conditions besides the key and window range (DataFusion applies them)
+    exact: bool = False  # the WHERE is the key equalities and nothing else: the rows found are the answer's
     lease: Lease | None = None
 
     @property
@@ -77,23 +93,57 @@ class Plan:
 
 @dataclass
 class Lookup:
-    """A query answered by a lookup: the SQL to run in the context the view's rows were registered in."""
+    """A query answered by a lookup: the view's rows for the key (`rows`) and the SQL to run over them
+    with the rows registered as the view (None: the query as given), or, when the query only picks
+    columns of those rows, `result`, the answer itself (no DataFusion)."""
 
     view: str
-    sql: str
-    rows: int
+    sql: str | None
+    rows: pa.Table
+    result: pa.Table | None = None
 
 
 def _scan(reason: str, view: str | None = None) -> Plan:
     return Plan(False, reason, view)
 
 
-def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list[str] | None = None) -> Plan:
-    """Decide the route of `sql` (reads the view's description and snapshot, never its data files)."""
+def parameter_name(p: exp.Parameter) -> str:
+    """The n of `$n`."""
+    return p.this.name if isinstance(p.this, exp.Expression) else str(p.this)
+
+
+def substitute(tree: exp.Expression, params: list[exp.Expression] | None) -> exp.Expression:
+    """`tree` (changed in place) with each `$n` replaced by a copy of params[n-1]; EngineError for a `$n`
+    without one."""
+    if params is None:
+        return tree
+    for node in list(tree.find_all(exp.Parameter)):
+        n = parameter_name(node)
+        if not n.isdigit() or not 1 <= int(n) <= len(params):
+            raise EngineError(f"${n} has no bound value ({len(params)} parameter(s) were given)")
+        node.replace(params[int(n) - 1].copy())
+    return tree
+
+
+def parse(sql: str) -> exp.Expression | None:
+    """`sql` parsed as the engine reads it; None if sqlglot cannot."""
     try:
-        tree = sqlglot.parse_one(sql, read=StreamSQL)
+        return sqlglot.parse_one(sql, read=StreamSQL)
     except (sqlglot.errors.SqlglotError, RecursionError):
-        return _scan("sqlglot does not parse it")
+        return None
+
+
+def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list[str] | None = None,
+         tree: exp.Expression | None = None, params: list[exp.Expression] | None = None) -> Plan:
+    """Decide the route of `sql` (reads the view's description and snapshot, never its data files).
+
+    `tree` is `sql` already parsed, read but never changed (it may be shared): the positions of its
+    literals refer to `sql`. `params` are the literal nodes its `$n` stand for (pgserver/params.py; they
+    carry no position: they are marked `bound`)."""
+    if tree is None:
+        tree = parse(sql)
+        if tree is None:
+            return _scan("sqlglot does not parse it")
     if not isinstance(tree, exp.Select):
         return _scan("not a single SELECT" if isinstance(tree, exp.Query) else "not a query")
     for arg in ("with_", "with", "joins", "laterals", "connect", "into"):
@@ -117,7 +167,7 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     if table.args.get("version") is not None or as_of_version is not None:
         return _scan("an as-of version: it reads history files", real)
     d = series_dir(engine._series_root(), real)
-    meta, schema = series_meta(d)
+    meta, schema = _DESCRIPTIONS.get(d, (d / META, d / SCHEMA), lambda: series_meta(d))
     keys, why_not = key_columns(meta, schema)
     if why_not is not None:
         return _scan(f"{real} cannot be looked up: {why_not}", real)
@@ -133,8 +183,11 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     lo: int | None = None
     hi: int | None = None
     others = 0
+    exact = True
     for cond in _conjuncts(where.this):
         col, op, other = _comparison(cond)
+        if params is not None:
+            other = tuple(_param(o, params) for o in other) if isinstance(other, tuple) else _param(other, params)
         name = _column(col, columns, qualifiers) if col is not None else None
         if name in keys and op == "=":
             value = _key_literal(other, schema.field(name).type, sql)
@@ -143,7 +196,10 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
                              f"({schema.field(name).type})")
             elif name not in key:
                 key[name] = value
+                continue
+            exact = False
             continue
+        exact = False
         if name is not None and name == tcol and op is not None:
             bounds = [_timestamp_literal(o, sql) for o in (other if isinstance(other, tuple) else (other,))]
             if all(b is not None for b in bounds):
@@ -157,15 +213,25 @@ def plan(engine: Engine, sql: str, as_of_version: int | None = None, names: list
     if missing:
         why = notes[0] if notes else f"WHERE does not fix {missing[0]} to a literal (it needs {missing[0]} = <literal>)"
         return _scan(why, real)
-    p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others)
+    p = Plan(True, "", real, tree, table, {k: key[k] for k in keys}, (lo, hi), tcol, meta, schema, others=others,
+             exact=exact, dir=d)
     return _locate(p, d)
+
+
+def _param(node: Any, params: list[exp.Expression]) -> Any:
+    """The bound literal a `$n` stands for; any other node as it is."""
+    if isinstance(node, exp.Parameter):
+        n = parameter_name(node)
+        if n.isdigit() and 1 <= int(n) <= len(params):
+            return params[int(n) - 1]
+    return node
 
 
 def _locate(p: Plan, d: Path) -> Plan:
     """The base files and tail versions the key may be in (window range), and whether each base file has
     what a lookup needs."""
     p.lease = Lease(d)  # before the snapshot: the files it names stay while the lookup reads them
-    p.snap = snap = read_snapshot(d)
+    p.snap = snap = _SNAPSHOTS.get(d, (d / HEAD, d / BASE, d / LOG), lambda: read_snapshot(d))
     p.files = [f for f in snap.base["files"] if _overlaps(f, p.tcol, p.span)]
     p.tail = [e for e in snap.tail if _overlaps(e, p.tcol, p.span)]
     if p.tcol is not None:
@@ -176,7 +242,8 @@ def _locate(p: Plan, d: Path) -> Plan:
         if bare:
             return _scan(f"{len(bare)} base file(s) of {p.view} have no key file yet (consolidated by an older "
                          f"pondstream; each consolidation indexes one), e.g. {bare[0]}", p.view)
-        gone = [k["file"] for k in p.key_files if not (d / k["file"]).exists()]
+        p.key_stats = {k["file"]: identity(d / k["file"]) for k in p.key_files}
+        gone = [name for name, i in p.key_stats.items() if i is None]
         if gone:
             return _scan(f"key file {gone[0]} of {p.view} is missing (each consolidation rebuilds one base file's)",
                          p.view)
@@ -244,7 +311,9 @@ def _key_literal(node: Any, t: pa.DataType, sql: str) -> Any:
         if isinstance(node, exp.Literal) and node.is_string:
             value = node.this
             # The text must be the plain standard literal: no escapes sqlglot and DataFusion might read apart.
-            return value if _raw(node, sql) == "'" + value.replace("'", "''") + "'" else None
+            # A bound parameter has no text of its own: what counts is how it is rendered for DataFusion.
+            raw = node.sql(dialect=StreamSQL) if node.meta.get("bound") else _raw(node, sql)
+            return value if raw == "'" + value.replace("'", "''") + "'" else None
         return None
     sign = 1
     if isinstance(node, exp.Neg):
@@ -277,7 +346,7 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     """The view's latest rows with the plan's key (a superset of what the query selects; never missing
     one): base rows from key files (or, for a key-sorted base, row groups by statistics), tail rows from
     the version files, the newest per identity kept."""
-    d = series_dir(root, p.view)
+    d = p.dir or series_dir(root, p.view)
     file_schema = p.schema.append(pa.field("_version", pa.int64()))
     key = tuple(p.key.values())
     expr = None
@@ -290,8 +359,7 @@ def fetch(p: Plan, root: Path) -> pa.Table:
     try:
         wanted = {f["file"] for f in p.files}
         for k in p.key_files:
-            with KeyFile(d / k["file"], repair) as kf:
-                rows = kf.lookup(key)
+            rows = KEY_FILES.lookup(d / k["file"], repair, key, p.key_stats.get(k["file"]))
             if rows is not None and rows.num_rows:
                 parts.append(only_parts(rows, live_parts(k, wanted)))
         for f in p.files if p.tcol is None else []:
@@ -310,11 +378,20 @@ def fetch(p: Plan, root: Path) -> pa.Table:
             raise damaged(bad[0], bad[1], f"restore it from a backup, or recompute the view from its stream: "
                           f"pondstream run FILE.sql --reset {p.view.removesuffix('__late')}") from None
         raise EngineError(f"query failed: {str(e).splitlines()[0]}") from None
-    rows = pa.concat_tables([t.select(file_schema.names).cast(file_schema) for t in parts]) if parts else \
-        file_schema.empty_table()
+    rows = pa.concat_tables([_as(t, file_schema) for t in parts]) if parts else file_schema.empty_table()
     if any(e.get("supersedes") for e in p.tail) and rows.num_rows:
         rows, _ = _latest(rows, p.meta["identity"])  # a tail row replaces the base's (or an older tail's)
     return rows.select(visible_columns(p.meta, p.schema))
+
+
+def _as(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`t`'s columns of `schema`, with its types (cast only if they differ: a cast is a compute call)."""
+    t = t.select(schema.names)
+    if t.schema.equals(schema):
+        return t
+    if [f.type for f in t.schema] == [f.type for f in schema]:
+        return pa.Table.from_arrays(t.columns, schema=schema)
+    return t.cast(schema)
 
 
 def _version_rows(path: Path, key: dict[str, Any]) -> pa.Table | None:
@@ -348,23 +425,65 @@ def _by_statistics(path: Path, key: dict[str, Any], expr: pc.Expression) -> pa.T
     return pf.read_row_groups(groups).filter(expr) if groups else None
 
 
-def point_lookup(engine: Engine, ctx: SessionContext, sql: str, as_of_version: int | None,
-                 names: list[str]) -> Lookup | None:
-    """If `sql` is a point lookup, register the view's rows for its key in `ctx` and return the SQL to run
-    there; None for any other query (it is scanned as usual)."""
-    p = plan(engine, sql, as_of_version, names)
+def picked(p: Plan) -> list[tuple[str, str]] | None:
+    """(output name, view column) of each result column when the query does nothing but pick columns of
+    the rows a lookup finds (`SELECT a, b AS c, * FROM view WHERE <the keys> = <literals>`), named as
+    DataFusion names them; None when anything else is asked (then DataFusion runs the query)."""
+    tree = p.tree
+    if not p.exact or any(v for k, v in tree.args.items() if k not in ("expressions", "from_", "from", "where")):
+        return None
+    visible = visible_columns(p.meta, p.schema)
+    alias = p.table.args.get("alias")
+    qualifiers = {_ident(alias.this) if alias is not None else _ident(p.table.this)}
+    out: list[tuple[str, str]] = []
+    for e in tree.expressions:
+        if isinstance(e, exp.Star) and not any(e.args.values()):
+            out += [(c, c) for c in visible]
+            continue
+        name = _ident(e.args["alias"]) if isinstance(e, exp.Alias) and isinstance(e.args.get("alias"),
+                                                                                  exp.Identifier) else None
+        col = e.this if isinstance(e, exp.Alias) else e
+        if not isinstance(col, exp.Column) or (isinstance(e, exp.Alias) and name is None):
+            return None
+        real = _column(col, visible, qualifiers)
+        if real is None:
+            return None
+        out.append((name or real, real))
+    if len({n for n, _ in out}) != len(out):  # DataFusion refuses or renames duplicate names
+        return None
+    return out
+
+
+def point_lookup(engine: Engine, sql: str, as_of_version: int | None, names: list[str],
+                 tree: exp.Expression | None = None, params: list[exp.Expression] | None = None) -> Lookup | None:
+    """If `sql` (or `tree` with `params`, see `plan`) is a point lookup, the view's rows for its key and
+    the SQL to run over them registered as the view (or, if the query only picks columns, the answer);
+    None for any other query (it is scanned as usual)."""
+    p = plan(engine, sql, as_of_version, names, tree, params)
     if not p.lookup:
         return None
     rows = fetch(p, engine._series_root())
-    ctx.register_record_batches(quote(p.view), [rows.to_batches() or [pa.RecordBatch.from_pylist([], rows.schema)]])
+    p.lease = None  # the rows are in memory: consolidation may delete the files now
+    columns = picked(p)
+    if columns is not None:
+        result = rows.select([c for _, c in columns]).rename_columns([n for n, _ in columns])
+        return Lookup(p.view, None, rows, result)
     table = p.table
-    text = sql
+    text = None  # the query as given
     if p.view != table.name or not table.this.quoted and p.view != p.view.lower():  # as Engine.query does
+        mine = substitute(p.tree.copy(), params)  # the tree may be shared: change a copy
+        table = (mine.args.get("from_") or mine.args.get("from")).this
         if not table.alias:
             table.set("alias", exp.TableAlias(this=table.this.copy()))
         table.set("this", exp.to_identifier(p.view, quoted=True))
-        text = p.tree.sql(dialect=DataFusionSQL)
-    return Lookup(p.view, text, rows.num_rows)
+        text = mine.sql(dialect=DataFusionSQL)
+    return Lookup(p.view, text, rows)
+
+
+def register(ctx: SessionContext, found: Lookup) -> None:
+    """Register the rows a lookup found as its view in `ctx` (for `found.sql`)."""
+    rows = found.rows
+    ctx.register_record_batches(quote(found.view), [rows.to_batches() or [pa.RecordBatch.from_pylist([], rows.schema)]])
 
 
 def explain(engine: Engine, sql: str, as_of_version: int | None = None) -> str:
@@ -386,4 +505,6 @@ def explain(engine: Engine, sql: str, as_of_version: int | None = None) -> str:
     narrowed = " (window range)" if p.span != (None, None) else ""
     rest = f"; {p.others} other condition(s)" if p.others else ""
     return (f"point lookup on {p.view} by {p.key_text}: {base}{narrowed}, and {len(p.tail)} of "
-            f"{len(p.snap.tail)} tail version(s); then DataFusion runs the query over the rows found{rest}")
+            f"{len(p.snap.tail)} tail version(s); then "
+            + ("the columns asked for are taken from the rows found" if picked(p) is not None else
+               f"DataFusion runs the query over the rows found{rest}"))

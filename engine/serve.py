@@ -2,8 +2,9 @@
 
 Queries are `Engine.query_stream` (latest versions, VERSION AS OF, the point-lookup route, read-only),
 so psql, psycopg, SQLAlchemy/pandas and BI tools see what `pondstream query` sees. The protocol is
-buenavista's with our overrides (engine/pgserver/protocol.py); each connection runs on its own thread
-and each query gets its own DataFusion context, as query_stream makes one per call.
+buenavista's with our overrides (engine/pgserver/protocol.py); each connection runs on its own thread.
+Prepared statements are parsed once (pgserver/params.py Statements); a query that DataFusion runs gets its
+own context, as query_stream makes one per call, and a point lookup that only picks columns needs none.
 
 Security: loopback by default. Listening on any other address needs a password (PONDSTREAM_PASSWORD or
 --password-file), checked with PostgreSQL's MD5 challenge; there is no TLS (buenavista has none), so

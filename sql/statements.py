@@ -8,6 +8,7 @@ before anything recursive (sqlglot's parser, DataFusion's planner) sees the text
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -103,7 +104,20 @@ def parse_script(sql: str) -> list[Statement]:
 
 def check_limits(sql: str) -> None:
     """The size and nesting bounds of parse_script, for text that goes to sqlglot or DataFusion by another
-    way (Engine.query); SqlError if exceeded."""
+    way (Engine.query); SqlError if exceeded. Short texts that passed are remembered (a server checks
+    the same prepared statement at every execution)."""
+    if len(sql) <= 8192:
+        _check_limits_of_short(sql)
+    else:
+        _check_limits(sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_limits_of_short(sql: str) -> None:
+    _check_limits(sql)  # an exception is not cached: a refused text is checked again
+
+
+def _check_limits(sql: str) -> None:
     for tokens in _split(_tokenize(sql)):
         try:
             _check_tokens(tokens)

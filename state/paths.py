@@ -60,12 +60,27 @@ def key_prefix(space: bytes, name: str) -> bytes:
     return space + b"/" + check_name(name, "name", MAX_SERIES_NAME).encode() + b"\x00"
 
 
+_ROOTS: dict[str, Path] = {}  # absolute folder -> its real path (a query server asks for each lookup)
+
+
+def _resolved(root: str | Path) -> Path:
+    """`root` with symlinks resolved; remembered for an absolute folder that exists."""
+    key = str(root)
+    base = _ROOTS.get(key)
+    if base is None:
+        base = Path(root).resolve()
+        if os.path.isabs(key) and base.is_dir() and len(_ROOTS) < 256:
+            _ROOTS[key] = base
+    return base
+
+
 def series_dir(root: str | Path, name: str) -> Path:
     """The folder of series `name` under `root`, refused unless it is a direct child of `root`."""
     check_name(name, "series name", MAX_SERIES_NAME)
-    base = Path(root).resolve()
+    base = _resolved(root)
     d = base / name
-    if d.resolve().parent != base:  # a symlink planted in the state dir
+    # `name` is one plain component and `base` is resolved, so only a symlink at `d` can lead elsewhere.
+    if os.path.islink(d) and d.resolve().parent != base:  # a symlink planted in the state dir
         raise EngineError(f"{d} points outside the state dir ({d.resolve()}); remove it")
     return d
 

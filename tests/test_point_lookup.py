@@ -338,3 +338,58 @@ def test_end_to_end_hourly_sales(tmp_path, monkeypatch):
         assert canon(engine.query(sql)) == scanned(engine, sql, monkeypatch)
     total = engine.query("SELECT SUM(orders) AS n FROM hourly_sales WHERE customer_id = 'c1'").column("n")[0].as_py()
     assert total == sum(1 for r in rows if r["customer_id"] == "c1" and r["amount"] > 0)
+
+
+def test_lookup_caches_follow_new_versions_and_a_recreated_view(tmp_path, monkeypatch):
+    """Lookups keep views' descriptions, snapshots and decoded key-file batches while the files are
+    unchanged (state/statcache.py, state/keys.py KEY_FILES); a new version, a consolidation and a view
+    dropped and recreated under the same name are all seen by the next identical lookup."""
+    import time
+
+    import pondstream.engine.lookup as lookup
+
+    monkeypatch.setattr("pondstream.state.statcache.RACY_NS", 0)  # keep what was just written, too
+    monkeypatch.setattr("pondstream.state.keys.RACY_NS", 0)
+    reads = []
+    real = lookup.read_snapshot
+    monkeypatch.setattr(lookup, "read_snapshot", lambda d: reads.append(d) or real(d))
+    schema = SHAPES["window"][0]
+    series = open_series(tmp_path, "window")
+
+    def put(rows: list[tuple[int, str, int]], supersedes: bool = False) -> None:
+        time.sleep(0.02)  # past the file system's timestamp granularity, as RACY_NS otherwise ensures
+        txn = Txn()
+        table = pa.Table.from_pylist([{"w": T0 + timedelta(minutes=w), "k": k, "x": x} for w, k, x in rows], schema)
+        series.write(txn, "s", table, supersedes=supersedes)
+        series.store.commit(txn)
+
+    engine = Engine(tmp_path)
+    sql = "SELECT w, x FROM s WHERE k = 'a'"
+
+    def xs() -> list[int]:
+        assert engine.explain_route(sql).startswith("point lookup on s")
+        return sorted(engine.query(sql).column("x").to_pylist())
+
+    put([(0, "a", 1), (0, "b", 2)])
+    consolidate(series, "s")
+    assert xs() == [1]
+    n = len(reads)
+    assert xs() == [1] and len(reads) == n  # the snapshot came from the cache
+    put([(1, "a", 3)])
+    assert xs() == [1, 3]
+    put([(0, "a", 5)], supersedes=True)
+    assert xs() == [3, 5]
+    consolidate(series, "s")
+    assert xs() == [3, 5]
+    txn = Txn()
+    series.drop(txn, "s")
+    series.store.commit(txn)
+    with pytest.raises(EngineError):
+        engine.query(sql)
+    time.sleep(0.02)
+    series.ensure("s", schema, "view", ["w", "k"], {"w": "start"})
+    put([(0, "a", 7), (0, "c", 8)])
+    consolidate(series, "s")  # the same file names as the dropped view's first base and key file
+    assert xs() == [7]
+    assert canon(engine.query(sql)) == scanned(engine, sql, monkeypatch)
+    series.store.close()

@@ -107,6 +107,19 @@ def test_psycopg_types_params_and_point_lookup(server, state):
         version = eng.query("SELECT COUNT(*) AS n FROM hourly_sales VERSION AS OF 1").column("n")[0].as_py()
         cur.execute("SELECT COUNT(*) FROM hourly_sales VERSION AS OF 1")
         assert cur.fetchone() == (version,)
+        # A prepared statement is parsed once and its tree shared by every execution (params.Statements):
+        # each gets its own values, on the lookup route, the DataFusion route over the rows found (a
+        # renamed table, GROUP BY) and the scan route, again and again.
+        for sql in ("SELECT orders FROM hourly_sales WHERE customer_id = %s ORDER BY hour",
+                    "SELECT orders FROM HOURLY_SALES h WHERE h.customer_id = %s ORDER BY hour",
+                    "SELECT customer_id, SUM(orders) AS o FROM hourly_sales WHERE customer_id = %s GROUP BY customer_id",
+                    "SELECT SUM(orders) FROM hourly_sales WHERE customer_id = %s OR customer_id = 'nobody'"):
+            for _ in range(8):
+                for key in ("c3", "c4", "c3' OR '1'='1"):
+                    cur.execute(sql, (key,))
+                    lit = "'" + key.replace("'", "''") + "'"
+                    assert cur.fetchall() == [tuple(r.values()) for r in
+                                              eng.query(sql.replace("%s", lit)).to_pylist()], (sql, key)
 
 
 def test_transactions_settings_and_read_only(server):

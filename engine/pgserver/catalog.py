@@ -16,6 +16,7 @@ columns get a DataFusion error naming what is missing.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -108,6 +109,7 @@ FUNCTIONS = {"version", "current_schema", "current_database", "current_schemas",
              "pg_get_keywords", "current_setting", "pg_size_pretty", "to_regtype"}
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 _CALL = re.compile(r"([a-z_][a-z0-9_]*)\s*\(")
+_NAMES = frozenset(COLUMNS)
 _REWRITES = [
     (re.compile(r"OPERATOR\s*\(\s*(?:pg_catalog\s*\.\s*)?([~!<>=*]+)\s*\)", re.I), r"\1"),
     (re.compile(r"\s+COLLATE\s+(?:pg_catalog\s*\.\s*)?(?:\"?default\"?|\"C\"|\"POSIX\")", re.I), ""),
@@ -198,6 +200,16 @@ def _aggregate_scalar_subqueries(sql: str) -> str:
     return tree.sql(dialect="postgres") if changed else sql
 
 
+def _handles(sql: str) -> bool:
+    low = sql.lower()
+    if "pg_catalog" in low or "information_schema" in low:
+        return True
+    return bool(set(_WORD.findall(low)) & _NAMES or set(_CALL.findall(low)) & FUNCTIONS)
+
+
+_handles_short = functools.lru_cache(maxsize=512)(_handles)  # a prepared statement comes again and again
+
+
 class Catalog:
     """Answers catalog queries over one engine's state dir."""
 
@@ -206,10 +218,7 @@ class Catalog:
 
     def handles(self, sql: str) -> bool:
         """Whether `sql` reads a catalog table or calls a catalog function (a view named like one loses)."""
-        low = sql.lower()
-        if "pg_catalog" in low or "information_schema" in low:
-            return True
-        return bool(set(_WORD.findall(low)) & set(COLUMNS) or set(_CALL.findall(low)) & FUNCTIONS)
+        return _handles_short(sql) if len(sql) <= 8192 else _handles(sql)
 
     def tables(self) -> list[tuple[int, str, list[tuple[str, pa.DataType]]]]:
         """(oid, name, visible columns) of every series, oids in name order from FIRST_TABLE_OID."""

@@ -12,6 +12,7 @@ and is overridden here, each in one method:
 - results: rows are streamed batch by batch from a RecordBatchReader (encode.py builds each batch's
   DataRows with numpy), writes are buffered and flushed before each read, a client gone mid-result
   closes the reader (which stops the DataFusion query); Execute honours its row limit (PortalSuspended);
+  the answers to Parse/Bind/Describe/Execute/Close go out at the next Sync or Flush, as PostgreSQL's do;
 - parameters: Bind decodes values by type OID and format (params.py), instead of guessing dates;
 - statements: BEGIN/SET/SHOW and the read-only refusal (session.py), catalog queries (catalog.py);
 - authentication: any user name with the one server password, compared in constant time; a wrong one
@@ -55,15 +56,24 @@ MAX_STARTUP = 10_000
 SSL_REQUEST, GSS_REQUEST, CANCEL_REQUEST, PROTOCOL_3 = 80877103, 80877104, 80877102, 196608
 
 
+# After these the answer stays buffered, as PostgreSQL does: a client sends Sync or Flush when it wants
+# to read (psycopg: Parse, Bind, Describe, Execute, Sync), so one query is one send, not five.
+_HELD = frozenset({ClientCommand.PARSE, ClientCommand.BIND, ClientCommand.DESCRIBE, ClientCommand.EXECUTE,
+                   ClientCommand.CLOSE})
+
+
 class _Closed(Exception):
     """The client went away or broke the protocol: end this connection quietly."""
 
 
 class _Portal:
-    """A bound statement: its SQL with values in place, result formats, and the result once started."""
+    """A bound statement: its SQL (with $n placeholders), its shared syntax tree (None if it does not
+    parse) and the literal nodes of its values (params.Statements.bind), result formats, and the result
+    once started."""
 
-    def __init__(self, sql: str, result_formats: list[int]) -> None:
+    def __init__(self, sql: str, bound: tuple[Any, list], result_formats: list[int]) -> None:
         self.sql, self.result_formats = sql, result_formats
+        self.tree, self.params = bound
         self.result: Result | None = None
         self.pending: pa.RecordBatch | None = None  # rows of a batch left over by an Execute row limit
         self.sent = 0
@@ -102,8 +112,10 @@ class PgHandler(BuenaVistaHandler):
         ctx: PgContext | None = None
         try:
             ctx = self.handle_startup(self.server.conn)
+            code = b""
             while ctx is not None:
-                self.wfile.flush()
+                if code not in _HELD:  # Parse/Bind/Describe/Execute/Close answers wait for Sync or Flush
+                    self.wfile.flush()
                 code, payload = self._read_message()
                 if code == ClientCommand.TERMINATE:
                     break
@@ -299,13 +311,13 @@ class PgHandler(BuenaVistaHandler):
             ctx.portals.pop(portal).close()
         if self.server.catalog.handles(sql):  # before binding re-renders it: reg* casts become CAST(... AS REGTYPE)
             sql = rewrite_catalog(sql)
-        ctx.portals[portal] = _Portal(bind_params.bind(sql, values), result_formats)
+        ctx.portals[portal] = _Portal(sql, self.server.statements.bind(sql, values), result_formats)
         self.send_bind_complete()
 
     def _start(self, ctx: PgContext, portal: _Portal) -> Result:
         if portal.result is None:
             ctx.cancelled.clear()
-            portal.result = ctx.pg.execute(portal.sql)
+            portal.result = ctx.pg.execute(portal.sql, portal.tree, portal.params)
         return portal.result
 
     def _describe(self, ctx: PgContext, payload: bytes) -> None:
@@ -338,7 +350,7 @@ class PgHandler(BuenaVistaHandler):
         first = (strip(sql).split(None, 1) or [""])[0].lower()
         if first not in ("select", "with", "values", "table", "show", "explain", "("):
             return None
-        result = ctx.pg.execute(bind_params.bind(sql, [None] * nparams))
+        result = ctx.pg.execute(sql, *self.server.statements.bind(sql, [None] * nparams))
         if result.reader is None:
             return None
         schema = result.reader.schema
@@ -461,6 +473,7 @@ class PgServer(BuenaVistaServer):
         self.engine, self.password = engine, password
         self.metrics: Any = None  # a Metrics (engine/metrics.py) when --metrics-port is given
         self.catalog = Catalog(engine)
+        self.statements = bind_params.Statements()
         self.ctxts: dict[int, PgContext] = {}
         self._lock = threading.Lock()
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
 from pondstream.engine.pgserver.catalog import Catalog
 from pondstream.engine.pgserver.errors import READ_ONLY, PgError
+from pondstream.engine.pgserver.params import with_values
 
 SERVER_VERSION = "16.0"
 # Reported at start-up (ParameterStatus) and by SHOW; SET changes a session's copy.
@@ -36,6 +38,7 @@ _ALIASES = {"time zone": "timezone", "transaction isolation level": "transaction
 WRITES = {"insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "copy", "grant",
           "revoke", "vacuum", "reindex", "cluster", "lock", "comment", "refresh", "call", "do", "import",
           "security", "reassign", "notify", "listen", "prepare", "execute", "load"}
+_QUERIES = {"select", "with", "values", "table", "("}  # what runs from the tree a Bind made
 _COMMENTS = re.compile(r"^\s*(?:(?:--[^\n]*\n?|/\*.*?\*/)\s*)*", re.DOTALL)
 _SET = re.compile(r"^set\s+(?:session\s+|local\s+)?(time\s+zone|[\w.]+)\s*(?:=|\s+to\s+|\s+)(.*)$",
                   re.IGNORECASE | re.DOTALL)
@@ -72,9 +75,13 @@ class Session:
         if self.tx == "T":
             self.tx = "E"
 
-    def execute(self, sql: str) -> Result:
-        """Run one statement (parameters already bound)."""
+    def execute(self, sql: str, tree: Any = None, params: list | None = None) -> Result:
+        """Run one statement. With `tree`, `sql`'s syntax tree (shared, see params.Statements) and the
+        literal nodes of the values its `$n` stand for: what the statement is (a SET, a write, a catalog
+        query) is read from `sql`, so no value can change it, and the tree with the values is what runs."""
         text = strip(sql)
+        if tree is not None and "$" in text and text.split(None, 1)[0].lower() not in _QUERIES:
+            text, tree = strip(with_values(tree, params or [])), None  # SET, SHOW, EXPLAIN ...: as bound
         if not text:
             return Result("")
         words = text.split(None, 2)
@@ -114,7 +121,9 @@ class Session:
             raise PgError(READ_ONLY, f"cannot execute {first.upper()} in a read-only server",
                           "pondstream serve only reads the views; they change through `pondstream run`")
         if self.catalog.handles(text):
-            return Result("SELECT", self.catalog.query(text, self))
+            return Result("SELECT", self.catalog.query(text if tree is None else with_values(tree, params or []), self))
+        if tree is not None:
+            return Result("SELECT", self.engine.query_stream(sql, tree=tree, params=params))
         return Result("SELECT", self.engine.query_stream(text))
 
     def _set(self, text: str) -> Result:
