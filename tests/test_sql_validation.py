@@ -179,13 +179,14 @@ GOOD = {"connector": None, "timestamp_field": None, "watermark_delay": "'1 secon
         "event_time_max": "'2100-01-01'", "rows": "'5'", "rate": "'10.5'", "keys": "'3'", "seed": "'1'",
         "out_of_orderness": "'1 second'", "step": "'1 second'", "start": "'2026-01-01 00:00:00'",
         "batch_size": "'100'", "topic": "'t'", "bootstrap_servers": "'localhost:9092'", "scan_startup": "'latest'",
-        "scan_startup_timestamp": "'1700000000000'", "scan_bounded": "'latest'", "group_id": "'g'"}
+        "scan_startup_timestamp": "'1700000000000'", "scan_bounded": "'latest'", "group_id": "'g'",
+        "table": "'bid'", "events": "'100'", "out_of_order_group": "'2'", "first_event_rate": "'1000'"}
 BAD = ["'0'", "'-1'", "''", "'abc'", "'1e400'", "'99999999999999999999999'", "'1 month'", "'2026-13-45'"]
 STREAM_OPTIONS = [(c, k) for c, opts in CONNECTORS.items() for k in opts]
 
 
 def stream_sql(connector: str, extra: str) -> str:
-    base = {"file": "path = 'x.jsonl'", "generator": "rows = '10'",
+    base = {"file": "path = 'x.jsonl'", "generator": "rows = '10'", "nexmark": "table = 'bid'",
             "kafka": "topic = 't', bootstrap_servers = 'localhost:9092'"}[connector]
     return f"CREATE STREAM o ({COLS}, {WM}) WITH (connector = '{connector}', {base}{extra})"
 
