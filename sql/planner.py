@@ -393,6 +393,8 @@ class _Planner:
 
         def to_final(node: exp.Expression) -> exp.Expression:
             def rewrite(n: exp.Expression) -> exp.Expression:
+                if isinstance(n, exp.Filter) and isinstance(n.this, exp.AggFunc):
+                    return final_agg(_filtered(n.this, n.expression.this))
                 if isinstance(n, exp.AggFunc):
                     return final_agg(n)
                 if isinstance(n, exp.Anonymous) and n.name.upper() in BOUND_FUNCS:
@@ -499,6 +501,26 @@ class _Planner:
             plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
         plan.output_schema = _typecheck(plan, stream, sel, numeric_inputs)
         return plan
+
+
+def _filtered(agg: exp.AggFunc, cond: exp.Expression) -> exp.AggFunc:
+    """AGG(x) FILTER (WHERE c) is AGG(CASE WHEN c THEN x END): aggregates skip NULLs, so the rows the
+    filter drops count for nothing (COUNT gives 0 and the others NULL when none pass, as in SQL)."""
+    if isinstance(agg, (exp.FirstValue, exp.LastValue)):
+        raise at(agg, f"FILTER is not supported for {agg.sql_name()}", "filter the view's rows in WHERE instead")
+    agg = agg.copy()
+
+    def case(x: exp.Expression) -> exp.Expression:
+        return exp.Case(ifs=[exp.If(this=cond.copy(), true=x)])
+
+    arg = agg.this
+    if arg is None or isinstance(arg, exp.Star):
+        agg.set("this", case(exp.Literal.number(1)))
+    elif isinstance(arg, exp.Distinct):
+        arg.set("expressions", [case(x) for x in arg.expressions])
+    else:
+        agg.set("this", case(arg))
+    return agg
 
 
 def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select,

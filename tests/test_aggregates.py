@@ -14,7 +14,10 @@ from conftest import canon, duck, make_orders, orders_stream, write_jsonl
 AGGS = """COUNT(DISTINCT customer_id) AS customers, APPROX_DISTINCT(order_id % 7) AS residues,
        STDDEV(amount) AS sd, STDDEV_POP(amount) AS sdp, VARIANCE(amount) AS var, VAR_POP(amount) AS varp,
        BOOL_AND(amount > 0) AS all_paid, BOOL_OR(amount > 150) AS any_big,
-       FIRST_VALUE(order_id) AS first_order, LAST_VALUE(amount) AS last_amount"""
+       FIRST_VALUE(order_id) AS first_order, LAST_VALUE(amount) AS last_amount,
+       COUNT(*) FILTER (WHERE amount > 100) AS big, SUM(amount) FILTER (WHERE amount > 150) AS big_sum,
+       COUNT(DISTINCT order_id % 5) FILTER (WHERE amount < 80) AS small_residues,
+       AVG(amount) FILTER (WHERE order_id % 2 = 0) AS even_avg"""
 
 
 def test_more_aggregates_match_duckdb(engine, tmp_path):
@@ -31,7 +34,10 @@ FROM orders GROUP BY TUMBLE(event_time, INTERVAL '20' MINUTE), customer_id;"""
         COUNT(DISTINCT customer_id) AS customers, COUNT(DISTINCT order_id % 7) AS residues,
         STDDEV_SAMP(amount) AS sd, STDDEV_POP(amount) AS sdp, VAR_SAMP(amount) AS var, VAR_POP(amount) AS varp,
         BOOL_AND(amount > 0) AS all_paid, BOOL_OR(amount > 150) AS any_big,
-        arg_min(order_id, event_time) AS first_order, arg_max(amount, event_time) AS last_amount
+        arg_min(order_id, event_time) AS first_order, arg_max(amount, event_time) AS last_amount,
+        COUNT(*) FILTER (WHERE amount > 100) AS big, SUM(amount) FILTER (WHERE amount > 150) AS big_sum,
+        COUNT(DISTINCT order_id % 5) FILTER (WHERE amount < 80) AS small_residues,
+        AVG(amount) FILTER (WHERE order_id % 2 = 0) AS even_avg
         FROM orders GROUP BY 1, 2""", rows)
     assert got.num_rows > 20
     assert canon(got) == canon(want.cast(got.schema))

@@ -117,6 +117,9 @@ def test_unknown_stream_bad_interval_unsupported_agg_and_type_mismatch():
     e = _err("CREATE MATERIALIZED VIEW v AS SELECT COUNT(*) AS n FROM orders "
              "GROUP BY HOP(event_time, INTERVAL '7' MINUTE, INTERVAL '1' HOUR)")
     assert "whole multiple" in e.message
+    e = _err("CREATE MATERIALIZED VIEW v AS SELECT customer_id,\n  FIRST_VALUE(amount) FILTER (WHERE amount > 1) AS f "
+             "FROM orders GROUP BY customer_id")
+    assert "FILTER is not supported for FIRST_VALUE" in e.message and e.line == 2 and "WHERE" in e.hint
 
 
 def test_syntax_error_has_line_and_column():
@@ -163,3 +166,22 @@ def test_options_that_do_not_apply_are_refused():
     e = _err("CREATE MATERIALIZED VIEW v WITH (state_ttl = '1 day') AS SELECT COUNT(*) AS n FROM orders "
              "GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR)")
     assert "state_ttl is not supported for TUMBLE windows" in e.message
+
+
+@pytest.mark.parametrize(("expr", "want"), [
+    ("REGEXP_EXTRACT('q=1&channel_id=7x', '(&|^)channel_id=([^&]*)', 2)", "7x"),
+    ("REGEXP_EXTRACT('abc', 'b.')", "bc"),  # group 0, the default: the whole match
+    ("REGEXP_EXTRACT('abc', 'z(.)', 1)", None),  # no match is NULL
+    ("SPLIT_INDEX('https://x.com/a/b', '/', 3)", "a"),  # Flink counts from 0
+    ("DATE_FORMAT(TIMESTAMP '2026-03-04 05:06:07', 'yyyy-MM-dd HH:mm:ss')", "2026-03-04 05:06:07"),
+    ("TO_CHAR(TIMESTAMP '2026-03-04 05:06:07', 'HH24:MI')", "05:06"),  # PostgreSQL patterns
+    ("TO_CHAR(TIMESTAMP '2026-03-04 05:06:07', '%H:%M')", "05:06"),  # and DataFusion's own
+])
+def test_flink_and_postgres_functions_mean_what_they_say(expr, want):
+    import sqlglot
+    from datafusion import SessionContext
+
+    from pondstream.sql.dialect import StreamSQL, to_datafusion
+
+    sql = to_datafusion(sqlglot.parse_one(f"SELECT {expr} AS v", read=StreamSQL))
+    assert SessionContext().sql(sql).to_pylist() == [{"v": want}]
