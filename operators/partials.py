@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pondstream.operators.top_n import best_rows
 from pondstream.sql.planner import ViewPlan
+from pondstream.sql.top_n_planner import TOP
 
 _ONLY_VALID = pc.CountOptions(mode="only_valid")
 _SKIP_NULLS = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
@@ -50,6 +52,8 @@ def first_partials(plan: ViewPlan, pre: pa.Table, ws: pa.Array | np.ndarray) -> 
     cols: dict[str, pa.ChunkedArray | pa.Array] = {"__ws": pa.array(ws, pa.int64()).cast(pa.timestamp("us"))}
     for k in plan.key_columns:
         cols[k] = pre.column(k)
+    if plan.top is not None:  # Top-N: the partial is the best rows themselves
+        return best_rows(plan, [pa.table({**cols, TOP: pre.column(TOP)})])
     specs: list[tuple] = []
     for p in plan.partials:
         if p.first == "count_all":
@@ -70,6 +74,8 @@ def merge_partials(plan: ViewPlan, tables: list[pa.Table | None]) -> pa.Table | 
     tables = [t for t in tables if t is not None and t.num_rows]
     if not tables:
         return None
+    if plan.top is not None:
+        return best_rows(plan, tables)
     table = pa.concat_tables(tables)
     keys = ["__ws", *plan.key_columns]
     plain = [p for p in plan.partials if not p.order and p.merge != "distinct"]

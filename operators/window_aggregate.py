@@ -12,6 +12,7 @@ from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.partials import first_partials
 from pondstream.operators.running import batch_partials
 from pondstream.operators.session import session_bounds, sessionize
+from pondstream.operators.top_n import ranked_rows
 from pondstream.operators.window import assign, true_start, window_end
 from pondstream.sql.planner import ViewPlan, session
 
@@ -108,6 +109,8 @@ class WindowAggregate:
             start, end = true_start(wid, spec), window_end(wid, spec)
         win = merged.set_column(0, "__ws", pa.array(start).cast(pa.timestamp("us")))
         win = win.append_column("__we", pa.array(end).cast(pa.timestamp("us")))
+        if self.plan.top is not None:
+            win = ranked_rows(self.plan, win)
         out, failed = self.isolated(self.plan.final_sql, "__win", win)
         if failed:
             self.final_errors.append((win.take(pa.array([i for i, _ in failed])), failed[0][1]))

@@ -23,6 +23,7 @@ from pondstream.sql.join_planner import JoinSpec, is_join, plan_join
 from pondstream.sql.names import object_name
 from pondstream.sql.options import sink_servers_problem
 from pondstream.sql.statements import CreateStream, CreateView
+from pondstream.sql.top_n_planner import TopN, is_top_n, plan_top_n
 from pondstream.sql.windows import WindowSpec, window_spec
 
 WINDOW_FUNCS = {"TUMBLE": "tumble", "HOP": "hop", "SESSION": "session"}
@@ -67,6 +68,7 @@ class ViewPlan:
     state_ttl_us: int = 0  # running aggregates: forget keys idle (in event time) this long
     emit_every_us: int = 0  # EMIT EVERY: early (partial) results of open windows on this schedule
     join: JoinSpec | None = None  # an interval join (window kind "join"): its two inputs and time bound
+    top: TopN | None = None  # a Top-N view: its partial per (window, key) is the best N rows (struct __top)
 
     @property
     def inputs(self) -> list[str]:
@@ -89,6 +91,8 @@ def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
     try:
         if is_join(view):
             return _plan_join(view, streams)
+        if is_top_n(view.select):
+            return _plan_top_n(view, streams)
         return _Planner(view, streams).plan()
     except SqlError as e:
         raise e.with_sql(getattr(view, "script", view.sql)) if e.sql is None else e from None
@@ -113,6 +117,27 @@ def _plan_join(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
     problem = sink_servers_problem(plan.options, streams[spec.streams[0]].options)
     if problem:
         raise SqlError(problem)
+    return plan
+
+
+def _plan_top_n(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
+    plan = plan_top_n(_Planner(view, streams), view)
+    stream = streams[plan.stream] if plan.stream in streams else next(
+        s for n, s in streams.items() if n.lower() == plan.stream.lower())
+    for opt in ("emit_every", "emit_every_us", "state_ttl"):
+        if opt in plan.options:
+            raise at(view.select, f"{opt} is not supported for Top-N views",
+                     "a window Top-N is emitted when its window closes; a running one as its rows change")
+    if "allowed_lateness" in plan.options:
+        if plan.window.kind == "running":
+            raise at(view.select, "allowed_lateness is not supported for a running Top-N", "nothing is late there")
+        plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
+    if stream.options.get("connector") == "view":
+        raise at(view.select, "Top-N over another view is not supported yet", "rank the stream's rows")
+    problem = sink_servers_problem(plan.options, stream.options)
+    if problem:
+        raise SqlError(problem)
+    plan.output_schema = _typecheck(plan, stream, view.select, [])
     return plan
 
 
@@ -183,24 +208,9 @@ class _Planner:
         for arg in ("having", "order", "limit", "distinct", "qualify"):
             if sel.args.get(arg):
                 raise at(sel.args[arg], f"{arg.upper()} is not supported in a view without GROUP BY")
-        names = {f.name.lower(): f.name for f in stream.schema}
-        items: list[exp.Expression] = []
-        for e in sel.expressions:
-            if isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
-                items += [exp.column(exp.to_identifier(n, quoted=True)) for n in stream.schema.names]
-            else:
-                items.append(e)
+        items = _star(sel.expressions, stream)
         where = sel.args.get("where")
-        for node in [*items, where]:
-            for col in list(node.find_all(exp.Column)) if node is not None else []:
-                low = col.name.lower()
-                if low not in names:
-                    raise at(col, f"unknown column {col.name} in stream {stream.name}",
-                             f"columns are: {', '.join(stream.schema.names)}")
-                ident = exp.to_identifier(names[low], quoted=True)
-                ident.meta.update(col.this.meta)
-                col.set("this", ident)
-                col.set("table", None)
+        self._resolve([*items, where], stream)
         out, seen, time_col = [], set(), None
         for e in items:
             name = e.alias_or_name
@@ -227,6 +237,23 @@ class _Planner:
         if problem:
             raise at(sel, problem, "e.g. WITH (sink_topic = 'clean_orders', sink_bootstrap_servers = 'localhost:9092')")
         return plan
+
+    def _resolve(self, nodes: list[exp.Expression | None], stream: CreateStream, skip: set[str] = frozenset()) -> None:
+        """Point every column at the stream's column of that name (case-insensitively, quoted so case
+        survives), or fail naming the columns there are; names in `skip` (window_start...) are left."""
+        names = {f.name.lower(): f.name for f in stream.schema}
+        for node in nodes:
+            for col in list(node.find_all(exp.Column)) if node is not None else []:
+                low = col.name.lower()
+                if low in skip:
+                    continue
+                if low not in names:
+                    raise at(col, f"unknown column {col.name} in stream {stream.name}",
+                             f"columns are: {', '.join(stream.schema.names)}")
+                ident = exp.to_identifier(names[low], quoted=True)
+                ident.meta.update(col.this.meta)  # keep the position, for errors about this column later
+                col.set("this", ident)
+                col.set("table", None)
 
     # -- windows -----------------------------------------------------------------------------------
     def _window_spec(self, kind: str, sizes: list[exp.Expression], node: exp.Expression) -> WindowSpec:
@@ -266,7 +293,6 @@ class _Planner:
     def plan(self) -> ViewPlan:
         stream = self._source()
         sel = self.select
-        names = {f.name.lower(): f.name for f in stream.schema}
         group = sel.args.get("group")
         if group is None and not self.tvf and not any(e.find(exp.AggFunc) for e in sel.expressions):
             return self._projection(stream)
@@ -294,18 +320,7 @@ class _Planner:
             self.window = WindowSpec("running", 0, 0)
 
         # Resolve every column against the stream (case-insensitively) before anything is compiled.
-        for node in [*sel.expressions, *keys, sel.args.get("where"), sel.args.get("having")]:
-            for col in node.find_all(exp.Column) if node is not None else []:
-                low = col.name.lower()
-                if low in window_cols:
-                    continue
-                if low not in names:
-                    raise at(col, f"unknown column {col.name} in stream {stream.name}",
-                             f"columns are: {', '.join(stream.schema.names)}")
-                ident = exp.to_identifier(names[low], quoted=True)
-                ident.meta.update(col.this.meta)  # keep the position, for errors about this column later
-                col.set("this", ident)
-                col.set("table", None)
+        self._resolve([*sel.expressions, *keys, sel.args.get("where"), sel.args.get("having")], stream, window_cols)
 
         where = sel.args.get("where")
         if where is not None:
@@ -503,6 +518,17 @@ class _Planner:
         return plan
 
 
+def _star(items: list[exp.Expression], stream: CreateStream, extra: tuple[str, ...] = ()) -> list[exp.Expression]:
+    """The select list with `*` spelled out as the stream's columns (then `extra`, e.g. window bounds)."""
+    out: list[exp.Expression] = []
+    for e in items:
+        if isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
+            out += [exp.column(exp.to_identifier(n, quoted=True)) for n in [*stream.schema.names, *extra]]
+        else:
+            out.append(e)
+    return out
+
+
 def _filtered(agg: exp.AggFunc, cond: exp.Expression) -> exp.AggFunc:
     """AGG(x) FILTER (WHERE c) is AGG(CASE WHEN c THEN x END): aggregates skip NULLs, so the rows the
     filter drops count for nothing (COUNT gives 0 and the others NULL when none pass, as in SQL)."""
@@ -542,6 +568,9 @@ def _typecheck(plan: ViewPlan, stream: CreateStream, sel: exp.Select,
                      f"CAST the argument, e.g. {agg.sql_name()}(CAST(x AS DOUBLE))")
     part = first_partials(plan, pre, ws=pa.array([], pa.int64()))
     win = part.append_column("__we", pa.array([], pa.timestamp("us")))
+    if plan.top is not None:
+        from pondstream.operators.top_n import ranked_rows
+        win = ranked_rows(plan, win)
     try:
         ctx.register_record_batches("__win", [win.to_batches() or [pa.RecordBatch.from_pylist([], win.schema)]])
         return ctx.sql(plan.final_sql).to_arrow_table().schema

@@ -56,6 +56,16 @@ FROM orders GROUP BY TUMBLE(event_time, INTERVAL '10' MINUTE), customer_id;
 CREATE MATERIALIZED VIEW early AS
 SELECT TUMBLE_START(event_time, INTERVAL '10' MINUTE) AS w, customer_id, COUNT(*) AS n
 FROM orders GROUP BY TUMBLE(event_time, INTERVAL '10' MINUTE), customer_id EMIT EVERY INTERVAL '0.2' SECOND;
+
+CREATE MATERIALIZED VIEW top_tumble AS
+SELECT window_start, customer_id, order_id, amount, rn FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, customer_id ORDER BY amount DESC) AS rn
+  FROM TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '10' MINUTE)) WHERE rn <= 2;
+
+CREATE MATERIALIZED VIEW top_running AS
+SELECT * FROM (SELECT order_id, customer_id, amount,
+                      ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY amount DESC) AS rn
+               FROM orders WHERE amount > 0) WHERE rn <= 3;
 """
 QUERIES = {
     "tumble": "SELECT * FROM tumble",
@@ -68,8 +78,10 @@ QUERIES = {
     "lenient": "SELECT * FROM lenient",
     "early": "SELECT w, customer_id, n FROM early WHERE is_final",
     "early_all_final": "SELECT COUNT(*) AS n FROM early WHERE NOT is_final",
+    "top_tumble": "SELECT * FROM top_tumble",
+    "top_running": "SELECT * FROM top_running",
     **{f"{v}__late": f"SELECT order_id, _window_start, _watermark FROM {v}__late"
-       for v in ("tumble", "hop", "cumulate", "sessions", "lenient", "early")},
+       for v in ("tumble", "hop", "cumulate", "sessions", "lenient", "early", "top_tumble")},
 }
 
 # DuckDB, independently: `wm` is each event's watermark (running max over file order, minus the delay).
@@ -102,6 +114,13 @@ DUCK = {
         WHERE {TUMBLE_BASE} + INTERVAL '30 minutes' > wm GROUP BY 1, 2""",
     "early": f"""{ON_TIME} SELECT {TUMBLE_BASE} AS w, customer_id, COUNT(*) FROM e
         WHERE {TUMBLE_BASE} + INTERVAL '10 minutes' > wm GROUP BY 1, 2""",
+    "top_tumble": f"""{ON_TIME} SELECT w, customer_id, order_id, amount, rn FROM (SELECT *, {TUMBLE_BASE} AS w,
+        row_number() OVER (PARTITION BY {TUMBLE_BASE}, customer_id ORDER BY amount DESC, order_id) AS rn FROM e
+        WHERE {TUMBLE_BASE} + INTERVAL '10 minutes' > wm) WHERE rn <= 2""",
+    "top_running": """SELECT order_id, customer_id, amount, rn FROM (SELECT *, row_number() OVER (PARTITION BY
+        customer_id ORDER BY amount DESC, order_id) AS rn FROM orders WHERE amount > 0) WHERE rn <= 3""",
+    "top_tumble__late": f"""{ON_TIME} SELECT order_id, {TUMBLE_BASE}, wm FROM e
+        WHERE {TUMBLE_BASE} + INTERVAL '10 minutes' <= wm""",
     "tumble__late": f"""{ON_TIME} SELECT order_id, {TUMBLE_BASE}, wm FROM e
         WHERE amount > 0 AND {TUMBLE_BASE} + INTERVAL '10 minutes' <= wm""",
 }

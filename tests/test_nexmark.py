@@ -18,7 +18,7 @@ from conftest import PYTHON, canon
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "nexmark"
 EVENTS = 120_000
-QUERIES = ("q0", "q1", "q2", "q3", "q8", "q11", "q14", "q15", "q16", "q17", "q21", "q22")
+QUERIES = ("q0", "q1", "q2", "q3", "q8", "q11", "q14", "q15", "q16", "q17", "q18", "q19", "q19w", "q21", "q22")
 
 
 def read_all(table: str, events: int, **options: str) -> pa.Table:
@@ -97,6 +97,8 @@ DISTINCT = """COUNT(DISTINCT {c}), COUNT(DISTINCT {c}) FILTER (WHERE price < 100
 CHANNEL_ID = """CASE WHEN regexp_matches(url, '(&|^)channel_id=([^&]*)')
                      THEN regexp_extract(url, '(&|^)channel_id=([^&]*)', 2) END"""
 
+BID_COLS = "auction, bidder, price, channel, url, datetime, extra"
+
 DUCK = {
     "q0": "SELECT auction, bidder, price, datetime, extra FROM bid",
     "q1": "SELECT auction, bidder, 0.908::DOUBLE * price AS price, datetime, extra FROM bid",
@@ -123,6 +125,16 @@ DUCK = {
                {RANKS}, {DISTINCT.format(c="bidder")}, {DISTINCT.format(c="auction")} FROM bid GROUP BY 1, 2""",
     "q17": f"""SELECT auction, strftime(datetime, '%Y-%m-%d'), COUNT(*), {RANKS},
                MIN(price), MAX(price), AVG(price), SUM(price) FROM bid GROUP BY 1, 2""",
+    # Top-N: ties are ranked by the row's columns in order, as pondstream does.
+    "q18": """SELECT auction, bidder, price, channel, url, datetime, extra FROM (SELECT *, row_number() OVER
+              (PARTITION BY bidder, auction ORDER BY datetime DESC, auction, bidder, price, channel, url, extra)
+              AS rn FROM bid) WHERE rn = 1""",
+    "q19": f"""SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY auction ORDER BY price DESC, {BID_COLS})
+              AS rank_number FROM bid) WHERE rank_number <= 10""",
+    "q19w": f"""SELECT * FROM (SELECT time_bucket(INTERVAL 10 SECOND, datetime) AS ws,
+               time_bucket(INTERVAL 10 SECOND, datetime) + INTERVAL 10 SECOND, auction, bidder, price,
+               row_number() OVER (PARTITION BY time_bucket(INTERVAL 10 SECOND, datetime), auction
+                                  ORDER BY price DESC, {BID_COLS}) AS rn FROM bid) WHERE rn <= 3""",
     "q21": f"""SELECT auction, bidder, price, channel,
                CASE WHEN lower(channel) IN ('apple', 'google', 'facebook', 'baidu')
                     THEN CAST(list_position(['apple', 'google', 'facebook', 'baidu'], lower(channel)) - 1 AS VARCHAR)

@@ -185,3 +185,35 @@ def test_flink_and_postgres_functions_mean_what_they_say(expr, want):
 
     sql = to_datafusion(sqlglot.parse_one(f"SELECT {expr} AS v", read=StreamSQL))
     assert SessionContext().sql(sql).to_pylist() == [{"v": want}]
+
+
+TOP = ("CREATE MATERIALIZED VIEW v{opts} AS SELECT {outer} FROM (SELECT *, ROW_NUMBER() OVER ({over}) AS rn "
+       "FROM {src}) WHERE {where}")
+TOP_OK = dict(opts="", outer="*", over="PARTITION BY customer_id ORDER BY amount DESC", src="orders",
+              where="rn <= 3")
+TVF = "TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '1' HOUR)"
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({}, None),
+    ({"where": "rn < 4"}, None), ({"where": "3 >= rn"}, None), ({"where": "rn = 1"}, None),
+    ({"src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount"}, None),
+    ({"outer": "customer_id, amount AS a, rn"}, None),
+    ({"where": "rn = 2"}, "keeps only the 2th row"),
+    ({"where": "rn <= 3 AND amount > 0"}, "needs WHERE rn <= N, and only that"),
+    ({"where": "rn <= 0"}, "1 to 10000"),
+    ({"over": "PARTITION BY customer_id"}, "needs ORDER BY"),
+    ({"over": "ORDER BY amount"}, "needs PARTITION BY keys"),
+    ({"src": TVF, "over": "PARTITION BY customer_id ORDER BY amount"}, "partitions by window_start, window_end"),
+    ({"outer": "customer, rn"}, "unknown column customer"),
+    ({"over": "PARTITION BY custmer_id ORDER BY amount"}, "unknown column custmer_id"),
+    ({"opts": " WITH (state_ttl = '1 hour')"}, "state_ttl is not supported for Top-N"),
+])
+def test_top_n_views_plan_or_say_what_to_write(change, words):
+    sql = TOP.format(**{**TOP_OK, **change})
+    if words is None:
+        p = plan(sql)
+        assert p.top is not None and p.output_schema.names
+        return
+    e = _err(sql)
+    assert words in e.message and e.hint and e.line == 1

@@ -1,0 +1,57 @@
+"""Top-N state: per (window, key), the key's best N rows so far, one struct per row (`__top`).
+
+A batch keeps the best N of its rows per key; merging two such tables keeps the best N of both, so the
+result never depends on how rows were batched. "Best" is the view's ORDER BY, ties broken by every
+field of the row (ascending), so equal rankings are also decided the same way every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pondstream.operators.groups import key_changes
+from pondstream.sql.planner import ViewPlan
+from pondstream.sql.top_n_planner import TOP
+
+
+def _rank(plan: ViewPlan, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """`table` sorted by window, key and rank, and each row's 0-based rank within its (window, key)."""
+    top = table.column(TOP).combine_chunks()
+    keys = ["__ws", *plan.key_columns]
+    cols: dict[str, pa.Array] = {k: table.column(k) for k in keys}
+    sort = [(k, "ascending") for k in keys]
+    ordered = {f for f, _, _ in plan.top.order}
+    for f, desc, nulls_first in plan.top.order:
+        v = pc.struct_field(top, f)
+        cols[f"{f}_null"] = pc.is_null(v)
+        sort.append((f"{f}_null", "descending" if nulls_first else "ascending"))
+        cols[f] = v
+        sort.append((f, "descending" if desc else "ascending"))
+    for i in range(top.type.num_fields):  # ties: by the whole row
+        f = top.type.field(i).name
+        if f not in ordered:
+            cols[f"__t{i}"] = pc.struct_field(top, f)
+            sort.append((f"__t{i}", "ascending"))
+    order = pc.sort_indices(pa.table(cols), sort_keys=sort)
+    table = table.take(order)
+    change = key_changes(table.select(keys))
+    pos = np.arange(table.num_rows)
+    return table, pos - np.maximum.accumulate(np.where(change, pos, 0))
+
+
+def best_rows(plan: ViewPlan, tables: list[pa.Table]) -> pa.Table:
+    """The best N rows per (window, key) of the given tables (columns __ws, keys, __top)."""
+    table, rank = _rank(plan, pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+    return table.filter(pa.array(rank < plan.top.n))
+
+
+def ranked_rows(plan: ViewPlan, win: pa.Table) -> pa.Table:
+    """What the select list reads: each kept row's fields as columns, and its 1-based row number __rn."""
+    table, rank = _rank(plan, win)
+    top = table.column(TOP).combine_chunks()
+    table = table.drop_columns([TOP])
+    for i in range(top.type.num_fields):
+        table = table.append_column(top.type.field(i).name, top.field(i))
+    return table.append_column("__rn", pa.array(rank + 1, pa.int64()))
