@@ -9,6 +9,7 @@ figure. This machine has 2 cores and pondstream runs one process, so events/s he
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +31,7 @@ def main() -> None:
     print(f"{args.events:,} events from the generator; Flink figures: events/s per core, published\n")
     print(f"{'query':6} {'seconds':>8} {'events/s':>12} {'peak RSS MB':>12} {'Flink/core':>11} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for q in sorted(args.queries, key=lambda s: int(s[1:])):
+        for q in sorted(args.queries, key=lambda s: (int(re.match(r"q(\d+)", s)[1]), s)):
             sql = Path(tmp) / f"{q}.sql"
             sql.write_text(ddl + (EXAMPLES / f"{q}.sql").read_text())
             seconds, rss = wall([sys.executable, "-m", "pondstream.engine.cli", "run", str(sql), "--quiet",

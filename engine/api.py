@@ -35,6 +35,8 @@ from pondstream.sql import (
     parse_script,
 )
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
+from pondstream.sql.planner import ViewPlan
+from pondstream.sql.windows import WindowSpec
 from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged, read_json
 from pondstream.state.paths import (
@@ -165,25 +167,13 @@ class Engine:
         return f"created stream {stmt.name}"
 
     def _create_view(self, stmt: CreateView, reset: set[str]) -> str:
-        from pondstream.engine.catalog import ViewEntry
-        from pondstream.sql.planner import plan_view
-
         _check_new_name(stmt.name, "view name")
         cat = self.catalog
         found = cat.find(stmt.name)
         if found and found[0] == "stream":
             raise EngineError(f"{stmt.name} is already a stream; pick another name for the view")
-        try:
-            plan = plan_view(stmt, cat.stream_stmts())
-        except SqlError as e:
-            name = e.message.removeprefix("unknown stream ") if e.message.startswith("unknown stream") else None
-            up = cat.find(name) if name else None
-            if up and up[0] == "view":
-                raise SqlError(f"view {up[1]} cannot be read as a stream: it has no window-start column to use as "
-                               "event time (a running aggregate, or a window whose start it does not select)",
-                               e.line, e.col, "select TUMBLE_START(...) (or window_start) in it, or query it "
-                               "instead", e.sql) from None
-            raise
+        if found and cat.views[found[1]].stage_of:
+            raise EngineError(f"{found[1]} is a stage of view {cat.views[found[1]].stage_of}; pick another name")
         if found:
             old = cat.views[found[1]]
             if old.stmt.same_definition(stmt):
@@ -194,11 +184,24 @@ class Engine:
                     f"  Its results so far came from the old query. To discard them and recompute from the\n"
                     f"  start of the stream, run again with --reset {stmt.name} "
                     f"(or DROP MATERIALIZED VIEW {stmt.name} first)")
-            self._discard_view_state(found[1])
-            del cat.views[found[1]]
-        cat.views[stmt.name] = ViewEntry(stmt, plan)
+        previous = {n: cat.views.pop(n) for n in ([*cat.stages_of(found[1]), found[1]] if found else [])}
+        try:
+            added = cat.add_view(stmt.name, stmt)
+        except SqlError as e:
+            cat.views.update(previous)
+            name = e.message.removeprefix("unknown stream ") if e.message.startswith("unknown stream") else None
+            up = cat.find(name) if name else None
+            if up and up[0] == "view":
+                raise SqlError(f"view {up[1]} cannot be read as a stream: it has no window-start column to use as "
+                               "event time (a running aggregate, or a window whose start it does not select)",
+                               e.line, e.col, "select TUMBLE_START(...) (or window_start) in it, or query it "
+                               "instead", e.sql) from None
+            raise
+        for n in previous:
+            self._discard_view_state(n)
         cat.save()
-        return f"created materialized view {stmt.name}"
+        staged = f" (runs as {', '.join(added)})" if len(added) > 1 else ""
+        return f"created materialized view {stmt.name}{staged}"
 
     def _discard_view_state(self, name: str) -> None:
         store, series = self._open()
@@ -230,11 +233,15 @@ class Engine:
             series.drop(txn, errors_series(name))
             store.commit(txn)
         else:
-            deps = cat.views_of(name)
+            if cat.views[name].stage_of:
+                raise EngineError(f"view {name} is a stage of view {cat.views[name].stage_of}; drop that view")
+            parts = [name, *reversed(cat.stages_of(name))]
+            deps = [d for d in cat.views_of(name) if d not in parts]
             if deps:
                 raise EngineError(f"view {name} is read by {', '.join(deps)}; drop those views first")
-            self._discard_view_state(name)
-            del cat.views[name]
+            for n in parts:
+                self._discard_view_state(n)
+                del cat.views[n]
         cat.save()
         return f"dropped {name}"
 
@@ -250,13 +257,10 @@ class Engine:
             rows = []
             for n, e in sorted(cat.views.items()):
                 snap = self._snapshot(n)
-                w = e.plan.window
-                rows.append({"name": n, "stream": e.plan.stream,
-                             "window": f"{w.kind.upper()} {_dur(w.size_us)}" +
-                                       (f" every {_dur(w.slide_us)}" if w.kind == "hop" else ""),
+                rows.append({"name": n, "stream": ", ".join(e.plan.inputs), "window": _window_text(e.plan),
                              "versions": snap.versions if snap else 0,
-                             "rows_written": snap.rows_written if snap else 0})
-            names = ["name", "stream", "window", "versions", "rows_written"]
+                             "rows_written": snap.rows_written if snap else 0, "stage_of": e.stage_of})
+            names = ["name", "stream", "window", "versions", "rows_written", "stage_of"]
         return pa.Table.from_pylist(rows) if rows else pa.table({n: pa.array([], pa.string()) for n in names})
 
     def describe(self, name: str) -> pa.Table:
@@ -626,6 +630,20 @@ def _latest_files(snap: Snapshot) -> list[dict]:
     return [*snap.base["files"], *snap.tail]
 
 
+def _window_text(plan: ViewPlan) -> str:
+    """What SHOW MATERIALIZED VIEWS says about a view's kind: its window, join or Top-N."""
+    def window(w: WindowSpec) -> str:
+        every = f" every {_dur(w.slide_us)}" if w.kind in ("hop", "cumulate") else ""
+        return f"{w.kind.upper()} {_dur(w.size_us)}{every}"
+
+    w, j = plan.window, plan.join
+    if j is not None:
+        return f"WINDOW JOIN {window(j.window)}" if j.window is not None else \
+            f"INTERVAL JOIN {_dur(j.lo_us)} to {_dur(j.hi_us)}"
+    text = {"running": "none (running)", "select": "none (projection)"}.get(w.kind) or window(w)
+    return f"TOP {plan.top.n}, {text}" if plan.top is not None else text
+
+
 def _check_new_name(name: str, what: str) -> None:
     """A name usable on disk that cannot collide with a series the engine derives from another name."""
     check_name(name, what)
@@ -645,6 +663,8 @@ def _timestamp(text: str, option: str) -> pa.Scalar:
 
 
 def _dur(us: int) -> str:
+    if us == 0:
+        return "0 seconds"
     for unit, n in (("day", 86_400_000_000), ("hour", 3_600_000_000), ("minute", 60_000_000),
                     ("second", 1_000_000), ("millisecond", 1000)):
         if us % n == 0:

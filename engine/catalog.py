@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from pondstream.sql import CreateStream, CreateView, SqlError, parse_script
 from pondstream.sql.planner import ViewPlan, plan_view
+from pondstream.sql.stages import stages
 from pondstream.state.files import damaged, read_json, write_sealed_json
 from pondstream.state.paths import is_valid_name
 from pondstream.state.series import META
@@ -33,6 +34,7 @@ class StreamEntry:
 class ViewEntry:
     stmt: CreateView
     plan: ViewPlan
+    stage_of: str | None = None  # an internal stage of this view (sql/stages.py): not saved, derived again
 
 
 def view_as_stream(plan: ViewPlan) -> CreateStream | None:
@@ -42,7 +44,9 @@ def view_as_stream(plan: ViewPlan) -> CreateStream | None:
     if start is None or start.startswith("_") or plan.window.kind == "running":
         return None
     schema = pa.schema([f for f in plan.output_schema if not f.name.startswith("_")])
-    return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0, {"connector": "view"})
+    append_only = plan.window.kind in ("select", "join")  # never rewrites a row it wrote
+    return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0,
+                        {"connector": "view", "append_only": str(append_only).lower()})
 
 
 @dataclass
@@ -67,10 +71,32 @@ class Catalog:
                 cat.streams[_checked(name, stmt.name, cat.path)] = StreamEntry(stmt, s.get("base_dir", os.getcwd()))
             for name, v in _section(data, "views").items():
                 (stmt,) = parse_script(v["sql"])
-                cat.views[_checked(name, stmt.name, cat.path)] = ViewEntry(stmt, plan_view(stmt, cat.stream_stmts()))
+                cat.add_view(_checked(name, stmt.name, cat.path), stmt)
         except (SqlError, KeyError, TypeError, ValueError) as e:
             raise damaged(cat.path, f"an entry cannot be read: {e}", REPAIR) from None
         return cat
+
+    def add_view(self, name: str, stmt: CreateView) -> list[str]:
+        """Plan a view and its stages (each against the streams and views before it) and add them;
+        the names added, in order. On a planning error nothing is added."""
+        added: list[str] = []
+        try:
+            for st in stages(stmt):
+                last = st.name == stmt.name
+                if not last and self.find(st.name):
+                    raise SqlError(f"view {name} runs a subquery as view {st.name}, but that name is taken",
+                                   hint="rename the subquery or CTE")
+                self.views[name if last else st.name] = ViewEntry(st, plan_view(st, self.stream_stmts()),
+                                                                  None if last else name)
+                added.append(name if last else st.name)
+        except BaseException:
+            for n in added:
+                del self.views[n]
+            raise
+        return added
+
+    def stages_of(self, name: str) -> list[str]:
+        return [n for n, v in self.views.items() if v.stage_of == name]
 
     def stream_stmts(self) -> dict[str, CreateStream]:
         """What a view can read FROM: the streams, and the views defined so far (as streams)."""
@@ -101,7 +127,7 @@ class Catalog:
         """Replace catalog.json atomically (the caller holds the state dir's lock)."""
         data = {
             "streams": {n: {"sql": e.stmt.sql, "base_dir": e.base_dir} for n, e in self.streams.items()},
-            "views": {n: {"sql": e.stmt.sql} for n, e in self.views.items()},
+            "views": {n: {"sql": e.stmt.sql} for n, e in self.views.items() if e.stage_of is None},
         }
         write_sealed_json(self.path, data)
 

@@ -194,7 +194,7 @@ class Runner:
             ensure_series(self.series, plan, self.catalog.source_entry(plan.stream).stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
             mine = [self._group(groups, upstream, input_meta(meta, i)) for i, upstream in enumerate(plan.inputs)]
-            if isinstance(mine[0].source, ViewSource):
+            if isinstance(mine[0].source, ViewSource) and plan.window.kind != "select":  # windows re-read upstream
                 op: ViewOperator = RecomputedView(plan, self.store, meta, upstream=mine[0].source)
             else:
                 op = OPERATORS[plan.window.kind](plan, self.store, meta)

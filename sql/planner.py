@@ -233,6 +233,9 @@ class _Planner:
             raise _df_error(e, sel) from None
         plan = ViewPlan(self.view.name, stream.name, stream.event_time, WindowSpec("select", 0, 0), pre_sql, [], [],
                         "", schema, {time_col: "start"} if time_col else {}, [], dict(self.view.options))
+        if stream.options.get("append_only") == "false":
+            raise at(sel, f"a view without GROUP BY can only read streams and views that never rewrite rows; "
+                          f"{stream.name} writes new versions of its windows", "read the stream it reads instead")
         problem = sink_servers_problem(plan.options, stream.options)
         if problem:
             raise at(sel, problem, "e.g. WITH (sink_topic = 'clean_orders', sink_bootstrap_servers = 'localhost:9092')")
