@@ -75,12 +75,17 @@ def failed_rows(sb: SourceBatch, data: pa.Table, errors: list[tuple[int, str]]) 
     return bad_records(sb.origin or "", [-1 if sb.offsets is None else int(sb.offsets[i]) for i in rows], raws,
                        [m for _, m in errors], None if sb.partitions is None else [int(sb.partitions[i]) for i in rows])
 
+MAX_DATETIME_US = 253_402_300_800_000_000  # 10000-01-01, in µs since 1970
+MIN_DATETIME_US = -62_135_596_800_000_000  # 0001-01-01
+
 
 def ts_text(us: int | None) -> str:
     if us is None:
         return "-"
-    if us >= END_OF_STREAM:
+    if us >= min(END_OF_STREAM, MAX_DATETIME_US):  # also the end-of-input watermark less a delay
         return "end of input"
+    if us < MIN_DATETIME_US:
+        return "-"
     return pa.scalar(us, pa.int64()).cast(TS).as_py().isoformat(sep=" ")
 
 

@@ -92,3 +92,11 @@ def test_damaged_state_is_named_and_the_next_run_repairs_it(tmp_path):
     cli("run", str(EXAMPLE), state=state)  # recovery rewrites the log from RocksDB, the checkpoint status.json
     assert cli("query", "SELECT COUNT(*) AS n FROM hourly_sales", "--format", "csv", state=state).stdout == full
     assert json.loads(cli("status", "--json", state=state).stdout)["views"]["hourly_sales"]["finished"] is True
+
+
+def test_status_times_never_overflow():
+    from pondstream.engine.runner import ts_text
+    from pondstream.operators.watermark import END_OF_STREAM
+
+    assert ts_text(END_OF_STREAM - 5_000_000) == "end of input"  # a finished input's watermark less a delay
+    assert ts_text(-(1 << 62)) == "-" and ts_text(0) == "1970-01-01 00:00:00"
