@@ -44,7 +44,8 @@ def view_as_stream(plan: ViewPlan) -> CreateStream | None:
     if start is None or start.startswith("_") or plan.window.kind == "running":
         return None
     schema = pa.schema([f for f in plan.output_schema if not f.name.startswith("_")])
-    append_only = plan.window.kind in ("select", "join")  # never rewrites a row it wrote
+    append_only = plan.window.kind in ("select", "join", "temporal") or (  # never rewrites a row it wrote
+        plan.window.kind in ("tumble", "hop", "cumulate") and not plan.lateness_us and not plan.emit_every_us)
     return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0,
                         {"connector": "view", "append_only": str(append_only).lower()})
 

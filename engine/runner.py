@@ -36,6 +36,7 @@ from pondstream.operators.recomputed_view import RecomputedView
 from pondstream.operators.running_view import RunningView
 from pondstream.operators.session_view import SessionView
 from pondstream.operators.source import BAD_RECORD_SCHEMA, Source, SourceBatch, as_json, bad_records
+from pondstream.operators.temporal_join_view import TemporalJoinView
 from pondstream.operators.view_operator import ViewOperator
 from pondstream.operators.view_source import ViewSource
 from pondstream.operators.watermark import END_OF_STREAM, Watermark
@@ -110,6 +111,7 @@ def input_meta(meta: dict[str, Any], i: int) -> dict[str, Any]:
 OPERATORS: dict[str, type[ViewOperator]] = {
     "tumble": WindowedView, "hop": WindowedView, "cumulate": WindowedView,
     "session": SessionView, "running": RunningView, "join": IntervalJoinView, "select": ProjectionView,
+    "temporal": TemporalJoinView,
 }
 
 

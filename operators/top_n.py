@@ -2,7 +2,9 @@
 
 A batch keeps the best N of its rows per key; merging two such tables keeps the best N of both, so the
 result never depends on how rows were batched. "Best" is the view's ORDER BY, ties broken by every
-field of the row (ascending), so equal rankings are also decided the same way every run.
+field of the row (ascending), so equal rankings are also decided the same way every run. With RANK()
+rows equal under ORDER BY share the rank of the first of them; a row's rank in a part of the input is
+never above its rank in the whole, so keeping ranks <= N per part loses nothing.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ def _rank(plan: ViewPlan, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
             sort.append((f"__t{i}", "ascending"))
     order = pc.sort_indices(pa.table(cols), sort_keys=sort)
     table = table.take(order)
-    change = key_changes(table.select(keys))
     pos = np.arange(table.num_rows)
-    return table, pos - np.maximum.accumulate(np.where(change, pos, 0))
+    first = np.maximum.accumulate(np.where(key_changes(table.select(keys)), pos, 0))  # the key's first row
+    if not plan.top.ties:
+        return table, pos - first
+    ranked = pa.table(cols).take(order).select([*keys, *(f for f, _, _ in plan.top.order)])
+    tie = np.maximum.accumulate(np.where(key_changes(ranked), pos, 0))  # the first row ranked equal
+    return table, tie - first
 
 
 def best_rows(plan: ViewPlan, tables: list[pa.Table]) -> pa.Table:
@@ -48,10 +54,13 @@ def best_rows(plan: ViewPlan, tables: list[pa.Table]) -> pa.Table:
 
 
 def ranked_rows(plan: ViewPlan, win: pa.Table) -> pa.Table:
-    """What the select list reads: each kept row's fields as columns, and its 1-based row number __rn."""
+    """What the select list reads: each kept row's fields as columns, its 1-based rank __rn and its
+    position __pos among its key's rows (the same but for RANK's ties)."""
     table, rank = _rank(plan, win)
+    pos = np.arange(table.num_rows)
+    pos = pos - np.maximum.accumulate(np.where(key_changes(table.select(["__ws", *plan.key_columns])), pos, 0))
     top = table.column(TOP).combine_chunks()
     table = table.drop_columns([TOP])
     for i in range(top.type.num_fields):
         table = table.append_column(top.type.field(i).name, top.field(i))
-    return table.append_column("__rn", pa.array(rank + 1, pa.int64()))
+    return table.append_column("__rn", pa.array(rank + 1, pa.int64())).append_column("__pos", pa.array(pos + 1))

@@ -9,7 +9,8 @@ the same atomic checkpoint. Each window kind is one subclass in a module of its 
 - operators/session_view.py      SESSION
 - operators/running_view.py      running aggregates (no window; state_ttl)
 - operators/recomputed_view.py   a windowed view over another view (no state of its own)
-- operators/interval_join_view.py  a join of two streams bounded in event time
+- operators/interval_join_view.py  a join of two streams bounded in event time (and window joins)
+- operators/temporal_join_view.py  a join with the right side as of each left row's time
 """
 
 from __future__ import annotations

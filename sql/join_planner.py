@@ -1,4 +1,4 @@
-"""Plan an interval-join view: `SELECT ... FROM a [x] [LEFT|RIGHT|FULL [OUTER]] JOIN b [y] ON <cond> [WHERE p]`
+"""Plan a join view (temporal joins, `JOIN r FOR SYSTEM_TIME AS OF l.ts ON l.k = r.k`, too). An interval join: `SELECT ... FROM a [x] [LEFT|RIGHT|FULL [OUTER]] JOIN b [y] ON <cond> [WHERE p]`
 where <cond> bounds the two event times (`y.ts BETWEEN x.ts + lo AND x.ts + hi`, or `>=`/`>`/`<=`/`<`
 comparisons of `x.ts [± interval]` and `y.ts [± interval]`) and may hold any other conditions (keys).
 
@@ -24,6 +24,9 @@ TIME_BOUND_HINT = ("bound the event times in ON, e.g. s.ts BETWEEN o.ts AND o.ts
                    "(or s.ts >= o.ts - INTERVAL '1' MINUTE AND s.ts < o.ts + INTERVAL '1' HOUR), so each "
                    "side's rows can be forgotten once the other side's watermark passes them")
 MAX_BUCKET_US, MIN_BUCKET_US = 3_600_000_000, 1_000_000
+TEMPORAL_BUCKET_US = 10_000_000  # a temporal join keeps waiting rows and recent versions per 10 s of event time
+TEMPORAL_HINT = ("write FROM orders o [LEFT] JOIN customers FOR SYSTEM_TIME AS OF o.event_time AS c "
+                 "ON o.customer_id = c.id")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class JoinSpec:
     pairs_sql: str  # the ON condition over the two sides: (left row id, right row id) per pair
     bucket_us: int  # state is kept per time bucket of this size
     window: WindowSpec | None = None  # a window join: both sides windowed alike, rows paired per window
+    keys: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # a temporal join: the equated columns per side
 
 
 def is_join(view: CreateView) -> bool:
@@ -118,14 +122,19 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
         return i
 
     where = sel.args.get("where")
-    for node in [*sel.expressions, on, where]:
+    for node in [*sel.expressions, on, where, join.this.args.get("version")]:
         for col in list(node.find_all(exp.Column)) if node is not None else []:
             if isinstance(col.this, exp.Star):
                 raise at(col, "list the columns of a join view", "e.g. SELECT o.id, o.event_time, s.ts AS shipped_at")
             resolve(col)
     if any(isinstance(e, exp.Star) for e in sel.expressions):
         raise at(sel, "list the columns of a join view", "e.g. SELECT o.id, o.event_time, s.ts AS shipped_at")
-    if window is None:
+    version = join.this.args.get("version") if isinstance(join.this, exp.Table) else None
+    keys = None
+    if version is not None:  # FOR SYSTEM_TIME AS OF: each left row meets the right row current at its time
+        keys = _temporal_keys(version, on, side, window, aliases, [s.event_time for s in stmts])
+        lo, hi = -(1 << 62), 0
+    elif window is None:
         lo, hi = _time_bound(on, [s.event_time for s in stmts], aliases)
     else:  # pairs share a window; the rows of a window are kept until it closes on the other side
         _check_same_window(on, aliases)
@@ -143,7 +152,7 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
         if time_col is None and isinstance(target, exp.Column):
             i = aliases.index(target.table)
             times = {stmts[i].event_time, *extra}
-            if target.name in times and not outer[1 - i]:  # never null-padded
+            if target.name in times and not outer[1 - i] and (keys is None or i == 0):  # never null-padded
                 time_col, time_side = name, i
     wrapped = [e if isinstance(e, exp.Alias) else exp.alias_(e, exp.to_identifier(e.name, quoted=True)) for e in sel.expressions]
     a, b = (f'"{x}"' for x in aliases)
@@ -156,8 +165,15 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
         schemas = [sc.append(pa.field("window_start", pa.timestamp("us"))).append(pa.field("window_end", pa.timestamp("us")))
                    for sc in schemas]
     spec = JoinSpec((stmts[0].name, stmts[1].name), (aliases[0], aliases[1]), (stmts[0].event_time, stmts[1].event_time),
-                    (schemas[0], schemas[1]), lo, hi, outer, time_side, pairs_sql, bucket, window)
+                    (schemas[0], schemas[1]), lo, hi, outer, time_side, pairs_sql,
+                    TEMPORAL_BUCKET_US if keys else bucket, window, keys)
 
+    for a, b in zip(*(keys or ((), ())), strict=True):  # the as-of match compares the keys as the left's type
+        ta, tb = schemas[0].field(a).type, schemas[1].field(b).type
+        if ta != tb and not all(pa.types.is_integer(t) for t in (ta, tb)) and \
+                not all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in (ta, tb)):
+            raise at(on, f"type error: {aliases[0]}.{a} is {ta} but {aliases[1]}.{b} is {tb}",
+                     "declare both key columns with the same type")
     ctx = session()
     for alias, sc in zip(aliases, schemas, strict=True):
         empty = sc.append(pa.field("__rid", pa.int64())).append(pa.field("__pair", pa.int64())).empty_table()
@@ -169,6 +185,30 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
         msg = str(e).split("\n")[0].replace("DataFusion error: ", "").replace("Error during planning: ", "")
         raise at(sel, f"type error: {msg.strip()}", "check the types of the columns in ON, WHERE and SELECT") from None
     return spec, final_sql, schema, time_col
+
+
+def _temporal_keys(version: exp.Expression, on: exp.Expression, side: str, window: WindowSpec | None,
+                   aliases: list[str], times: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The key columns (left, right) of `... JOIN r FOR SYSTEM_TIME AS OF l.ts ON l.a = r.b [AND ...]`."""
+    at_time = version.args.get("expression")
+    if window is not None or side not in ("", "LEFT") or (version.args.get("kind") or "").upper() != "AS OF":
+        raise at(version, "a temporal join is [LEFT] JOIN r FOR SYSTEM_TIME AS OF <left event time>, of two streams",
+                 TEMPORAL_HINT)
+    if not (isinstance(at_time, exp.Column) and at_time.table.lower() == aliases[0]
+            and at_time.name.lower() == times[0].lower()):
+        raise at(at_time or version, f"FOR SYSTEM_TIME AS OF must name the left side's event time "
+                 f"{aliases[0]}.{times[0]}", TEMPORAL_HINT)
+    left, right = [], []
+    for c in list(on.flatten()) if isinstance(on, exp.And) else [on]:
+        cols = (c.this, c.expression) if isinstance(c, exp.EQ) else ()
+        if len(cols) != 2 or not all(isinstance(x, exp.Column) for x in cols) or \
+                {x.table for x in cols} != set(aliases):
+            raise at(c, "a temporal join's ON equates columns of the two sides, and nothing else",
+                     "move other conditions to WHERE; " + TEMPORAL_HINT)
+        a, b = cols if cols[0].table == aliases[0] else cols[::-1]
+        left.append(a.name)
+        right.append(b.name)
+    return tuple(left), tuple(right)
 
 
 def _check_same_window(on: exp.Expression, aliases: list[str]) -> None:

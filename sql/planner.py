@@ -112,7 +112,8 @@ def _plan_join(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
         return p._stream(table), None
 
     spec, final_sql, schema, time_col = plan_join(view, streams, side)
-    plan = ViewPlan(view.name, spec.streams[0], time_col or "", WindowSpec("join", 0, 0), "", [], [], final_sql,
+    kind = "temporal" if spec.keys else "join"
+    plan = ViewPlan(view.name, spec.streams[0], time_col or "", WindowSpec(kind, 0, 0), "", [], [], final_sql,
                     schema, {time_col: "start"} if time_col else {}, [], dict(view.options), join=spec)
     problem = sink_servers_problem(plan.options, streams[spec.streams[0]].options)
     if problem:
@@ -129,11 +130,19 @@ def _plan_top_n(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
             raise at(view.select, f"{opt} is not supported for Top-N views",
                      "a window Top-N is emitted when its window closes; a running one as its rows change")
     if "allowed_lateness" in plan.options:
+        if plan.top.ties:
+            raise at(view.select, "allowed_lateness is not supported with RANK()", "use ROW_NUMBER(), or no "
+                     "allowed_lateness: a late row could end a tie, and an emitted row cannot be withdrawn")
         if plan.window.kind == "running":
             raise at(view.select, "allowed_lateness is not supported for a running Top-N", "nothing is late there")
         plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
-    if stream.options.get("connector") == "view":
-        raise at(view.select, "Top-N over another view is not supported yet", "rank the stream's rows")
+    if plan.top.ties and (plan.window.kind == "running" or stream.options.get("append_only") == "false"):
+        raise at(view.select, "RANK() is supported in window Top-N over streams and views that never rewrite "
+                 "rows", "use ROW_NUMBER(), or rank within windows: a row in a tie could later be outranked, and "
+                 "an emitted row cannot be withdrawn")
+    if stream.options.get("connector") == "view" and plan.window.kind == "running":
+        raise at(view.select, "a running Top-N over another view is not supported yet",
+                 "rank within windows: FROM TUMBLE(TABLE v, DESCRIPTOR(window_start), size)")
     problem = sink_servers_problem(plan.options, stream.options)
     if problem:
         raise SqlError(problem)
@@ -235,7 +244,8 @@ class _Planner:
                         "", schema, {time_col: "start"} if time_col else {}, [], dict(self.view.options))
         if stream.options.get("append_only") == "false":
             raise at(sel, f"a view without GROUP BY can only read streams and views that never rewrite rows; "
-                          f"{stream.name} writes new versions of its windows", "read the stream it reads instead")
+                          f"{stream.name} writes new versions of its rows (allowed lateness, EMIT EVERY)",
+                     "read the stream it reads instead")
         problem = sink_servers_problem(plan.options, stream.options)
         if problem:
             raise at(sel, problem, "e.g. WITH (sink_topic = 'clean_orders', sink_bootstrap_servers = 'localhost:9092')")

@@ -56,6 +56,11 @@ def on_time(rows: list[dict], delay_s: int) -> list[dict]:
     return out
 
 
+def text(rows: list[dict]) -> list[dict]:
+    """Rows as a JSONL file holds them: timestamps as ISO text."""
+    return [{**r, "ts": r["ts"].isoformat(sep=" ")} for r in rows]
+
+
 def pipeline(orders_path, ships_path, batch_bytes: int | None) -> str:
     extra = f", batch_bytes = '{batch_bytes}'" if batch_bytes else ""
     return f"""
@@ -90,7 +95,6 @@ def duck_answers(orders: list[dict], ships: list[dict]) -> dict[str, list]:
 def case(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("joins")
     orders, ships = make_inputs(900, seed=11)
-    text = lambda rows: [{**r, "ts": r["ts"].isoformat(sep=" ")} for r in rows]  # noqa: E731
     src = (write_jsonl(tmp / "orders.jsonl", text(orders)), write_jsonl(tmp / "ships.jsonl", text(ships)))
     with Engine(tmp / "one_batch") as e:
         e.execute(pipeline(*src, None))

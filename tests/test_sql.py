@@ -187,9 +187,9 @@ def test_flink_and_postgres_functions_mean_what_they_say(expr, want):
     assert SessionContext().sql(sql).to_pylist() == [{"v": want}]
 
 
-TOP = ("CREATE MATERIALIZED VIEW v{opts} AS SELECT {outer} FROM (SELECT *, ROW_NUMBER() OVER ({over}) AS rn "
+TOP = ("CREATE MATERIALIZED VIEW v{opts} AS SELECT {outer} FROM (SELECT *, {rank}() OVER ({over}) AS rn "
        "FROM {src}) WHERE {where}")
-TOP_OK = dict(opts="", outer="*", over="PARTITION BY customer_id ORDER BY amount DESC", src="orders",
+TOP_OK = dict(rank="ROW_NUMBER", opts="", outer="*", over="PARTITION BY customer_id ORDER BY amount DESC", src="orders",
               where="rn <= 3")
 TVF = "TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '1' HOUR)"
 
@@ -208,6 +208,15 @@ TVF = "TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '1' HOUR)"
     ({"outer": "customer, rn"}, "unknown column customer"),
     ({"over": "PARTITION BY custmer_id ORDER BY amount"}, "unknown column custmer_id"),
     ({"opts": " WITH (state_ttl = '1 hour')"}, "state_ttl is not supported for Top-N"),
+    ({"over": "PARTITION BY customer_id ORDER BY amount DESC", "outer": "*"}, None),
+    ({"src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount"}, None),
+    ({"src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount",
+      "opts": " WITH (allowed_lateness = '1 hour')"}, None),
+    ({"rank": "RANK", "src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount"}, None),
+    ({"rank": "RANK"}, "RANK() is supported in window Top-N"),
+    ({"rank": "RANK", "src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount",
+      "opts": " WITH (allowed_lateness = '1 hour')"}, "allowed_lateness is not supported with RANK()"),
+    ({"rank": "DENSE_RANK"}, "only ROW_NUMBER() or RANK()"),
 ])
 def test_top_n_views_plan_or_say_what_to_write(change, words):
     sql = TOP.format(**{**TOP_OK, **change})

@@ -1,0 +1,142 @@
+"""Temporal joins (`FROM o [LEFT] JOIN c FOR SYSTEM_TIME AS OF o.ts ON o.k = c.k`): each left row meets
+the right row of its key that was current at the left row's event time (the one with the latest time at
+or before it), decided per event so results never depend on batching or interleaving:
+
+- Late rows of either side (event time below the watermark of the events before them in their own
+  partition) go to the view's late series, as for every join.
+- A left row waits until the right side's watermark has passed its time: then no on-time right row at or
+  before it can still arrive, so its partner is final. It is emitted then (null-padded for LEFT JOIN when
+  the key had no row yet), once.
+- The right side keeps, per key, the latest row at or before the oldest time a left row can still have
+  (its own watermark, or an older waiting row), plus every newer row: older versions can never be a
+  partner again. So state is about one row per key, plus recent versions, plus waiting left rows.
+
+The right side is any stream: a changelog of upserts (latest row per key wins), e.g. a compacted topic
+keyed by the ON columns, or files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pondstream.operators.groups import key_changes, running_max
+from pondstream.operators.interval_join_view import DUE, OFFSET, RID, SIDE_BITS, IntervalJoinView, _concat
+from pondstream.operators.view_operator import Emission
+from pondstream.state.store import Txn
+
+BASE = 2 << SIDE_BITS  # the right side's compacted rows: the latest per key at or before the compaction time
+
+
+class TemporalJoinView(IntervalJoinView):
+    def flush(self, txn: Txn, watermarks: list[int | None], epoch: int) -> list[Emission]:
+        wl, wr = watermarks
+        new_left, new_right = (self._with_ids(_concat(p)) for p in self.pending)
+        self.pending = [[], []]
+        # Left rows that may be ready: new ones, and stored ones in buckets that start below the right watermark.
+        left = _concat([self._take_stored(txn, 0, wr), new_left]) if wr is not None else None
+        if wr is None:
+            self._store(txn, 0, new_left, epoch)
+        ready = waiting = None
+        if left is not None:
+            due = self._time(left, 0)
+            ok = due < wr if wr is not None else np.zeros(len(due), bool)
+            ready, waiting = left.filter(pa.array(ok)), left.filter(pa.array(~ok))
+        self._store(txn, 0, waiting, epoch)
+        right = None
+        if (ready is not None and ready.num_rows) or wl is not None:
+            right = _concat([self._take_stored(txn, 1), new_right])
+        elif new_right is not None:
+            self._store(txn, 1, new_right, epoch)
+        out = []
+        if ready is not None and ready.num_rows:
+            out.append(Emission(self._matched(ready, right), False, self._output_watermark(watermarks)))
+        if right is not None:  # keep what a waiting or future left row can still need
+            oldest = [int((w & ((1 << SIDE_BITS) - 1)) - OFFSET) * self.j.bucket_us for w in self.state.runs
+                      if w >> SIDE_BITS == 0]  # the start of every bucket still holding waiting rows
+            horizon = None if wl is None else min([wl, *oldest])
+            self._keep(txn, right, horizon, epoch)
+        return out
+
+    def _take_stored(self, txn: Txn, side: int, below: int | None = None) -> pa.Table | None:
+        """The stored rows of a side (the right's compacted rows too; for the left only buckets that start
+        below `below`), removed from state: the caller stores back what it keeps."""
+        mask = (1 << SIDE_BITS) - 1
+        ids = [w for w in self.state.runs if (w >> SIDE_BITS == side and
+                                              (below is None or ((w & mask) - OFFSET) * self.j.bucket_us < below))
+               or (side == 1 and w == BASE)]
+        rows = _concat([t.drop_columns(["__ws"]) for t in self.state.read(set(ids))])
+        for w in ids:
+            self.state.drop(txn, w)
+        return rows
+
+    def _keep(self, txn: Txn, right: pa.Table, horizon: int | None, epoch: int) -> None:
+        """Store the right rows, folding those at or before `horizon` into the latest one per key."""
+        if horizon is None:
+            self._store(txn, 1, right, epoch)
+            return
+        old = self._time(right, 1) <= horizon
+        self._store(txn, 1, right.filter(pa.array(~old)), epoch)
+        base = right.filter(pa.array(old))
+        if base.num_rows:
+            keys = list(self.j.keys[1])
+            order = pc.sort_indices(base, sort_keys=[*((k, "ascending") for k in keys), (DUE, "descending"),
+                                                      (RID, "descending")])
+            base = base.take(order)
+            base = base.filter(pa.array(key_changes(base.select(keys))))  # the first, i.e. latest, per key
+            self.state.append(txn, base.add_column(0, "__ws", pa.array(np.full(base.num_rows, BASE)).cast(
+                pa.timestamp("us"))), epoch)
+
+    def _matched(self, left: pa.Table, right: pa.Table | None) -> pa.Table:
+        """Each left row with its key's right row as of its time (null-padded, or dropped for an inner join,
+        when there is none), through the select list."""
+        idx = self._as_of(left, right) if right is not None and right.num_rows else np.full(left.num_rows, -1)
+        hit = idx >= 0
+        if not self.j.outer[0]:
+            left, idx, hit = left.filter(pa.array(hit)), idx[hit], hit[hit]
+        if right is None or not hit.any():
+            return self._select(left, self._nulls(1, left.num_rows))
+        partner = right.take(pa.array(np.where(hit, idx, 0)))
+        if not hit.all():  # LEFT JOIN rows without a partner: null-padded
+            partner = pa.table([pc.if_else(pa.array(hit), partner.column(i), pa.nulls(len(hit), f.type))
+                                for i, f in enumerate(partner.schema)], schema=partner.schema)
+        return self._select(left, partner)
+
+    def _as_of(self, left: pa.Table, right: pa.Table) -> np.ndarray:
+        """For each left row, the index of the right row with equal keys and the latest (time, arrival) at
+        or before the left row's time, or -1: one sort of both sides by (key, time), right rows first at
+        equal times, then a running maximum of right positions that restarts at every key."""
+        lk, rk = self.j.keys
+        nl, nr = left.num_rows, right.num_rows
+        cols = {}
+        for i, (a, b) in enumerate(zip(lk, rk, strict=True)):
+            la = left.column(a).combine_chunks()
+            cols[f"k{i}"] = pa.concat_arrays([la, right.column(b).combine_chunks().cast(la.type)])
+        cols["t"] = pa.concat_arrays([left.column(DUE).combine_chunks(), right.column(DUE).combine_chunks()])
+        cols["side"] = pa.array(np.concatenate([np.ones(nl, np.int8), np.zeros(nr, np.int8)]))
+        cols["rid"] = pa.concat_arrays([left.column(RID).combine_chunks(), right.column(RID).combine_chunks()])
+        valid = np.ones(nl + nr, bool)  # a NULL key equals nothing
+        for i in range(len(lk)):
+            valid &= pc.is_valid(cols[f"k{i}"]).to_numpy(zero_copy_only=False)
+        both = pa.table(cols).filter(pa.array(valid))
+        source = np.flatnonzero(valid)  # row of `both` -> left row i, or right row i - nl
+        order = pc.sort_indices(both, sort_keys=[*((f"k{i}", "ascending") for i in range(len(lk))),
+                                                 ("t", "ascending"), ("side", "ascending"), ("rid", "ascending")])
+        order = order.to_numpy()
+        sorted_keys = both.select([f"k{i}" for i in range(len(lk))]).take(pa.array(order))
+        src = source[order]
+        is_right = src >= nl
+        pos = np.arange(len(order))
+        last = running_max(np.where(is_right, pos, -1), key_changes(sorted_keys))
+        out = np.full(nl, -1, np.int64)
+        mine = ~is_right
+        found = last[mine]
+        out[src[mine]] = np.where(found >= 0, src[np.maximum(found, 0)] - nl, -1)
+        return out
+
+    def _output_watermark(self, watermarks: list[int | None]) -> int | None:
+        """Rows still to come are left rows waiting for the right watermark, or newer ones."""
+        wl, wr = watermarks
+        return None if wl is None or wr is None else min(wl, wr)
+
