@@ -6,14 +6,12 @@ produces the same events. Event time advances by `step` per event, minus up to `
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pondstream.operators.decode import conform
-from pondstream.operators.source import Source, SourceBatch
+from pondstream.operators.source import Pacer, Source, SourceBatch
 from pondstream.sql.intervals import parse_duration
 
 COLUMNS = {"order_id", "customer_id", "amount", "event_time"}
@@ -52,8 +50,7 @@ class GeneratorSource(Source):
         self.finished = self.bounded and self.next_row >= self.rows
         digits = pc.utf8_lpad(pa.array(np.arange(self.keys)).cast(pa.string()), 5, "0")
         self.customers = pc.binary_join_element_wise("c", digits, "")  # c00000, c00001, ... (no Python list)
-        self._t0 = time.monotonic()
-        self._row0 = self.next_row
+        self.pacer = Pacer(self.rate, self.next_row)
 
     def describe(self) -> str:
         total = self.rows if self.bounded else "unbounded"
@@ -62,13 +59,9 @@ class GeneratorSource(Source):
     def read(self) -> SourceBatch | None:
         if self.finished:
             return None
-        n = self.batch_size
-        if self.rate > 0:
-            n = max(1, min(n, int(self.rate / 10)))
-            due = self._row0 + (time.monotonic() - self._t0) * self.rate
-            if self.next_row + n > due:
-                time.sleep(min(0.1, (self.next_row + n - due) / self.rate))
-                return None
+        n = self.pacer.allow(self.next_row, self.batch_size)
+        if n == 0:
+            return None
         if self.bounded:
             n = min(n, self.rows - self.next_row)
         lo = self.next_row

@@ -17,14 +17,12 @@ event sequence and keeps its own kind, so the three streams are consistent with 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pondstream.operators.decode import conform
-from pondstream.operators.source import Source, SourceBatch
+from pondstream.operators.source import Pacer, Source, SourceBatch
 
 TS = pa.timestamp("us")
 TOTAL, PERSON, AUCTION = 50, 1, 3  # proportions: person 1, auction 3, bid 46 of every 50 events
@@ -138,7 +136,7 @@ class NexmarkSource(Source):
         self.bounded = self.events > 0
         self.next_event = int((position or {}).get("event", 0))
         self.finished = self.bounded and self.next_event >= self.events
-        self._t0, self._e0 = time.monotonic(), self.next_event
+        self.pacer = Pacer(self.rate, self.next_event)
 
     def describe(self) -> str:
         total = f"{self.events:,} events" if self.bounded else "unbounded"
@@ -147,13 +145,9 @@ class NexmarkSource(Source):
     def read(self) -> SourceBatch | None:
         if self.finished:
             return None
-        n = self.batch
-        if self.rate > 0:
-            n = max(1, min(n, int(self.rate / 10)))
-            due = self._e0 + (time.monotonic() - self._t0) * self.rate
-            if self.next_event + n > due:
-                time.sleep(min(0.1, (self.next_event + n - due) / self.rate))
-                return None
+        n = self.pacer.allow(self.next_event, self.batch)
+        if n == 0:
+            return None
         if self.bounded:
             n = min(n, self.events - self.next_event)
         ev = np.arange(self.next_event, self.next_event + n, dtype=np.int64)

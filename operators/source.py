@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,24 @@ BAD_RECORD_SCHEMA = pa.schema([
 
 
 EVENT_TIME_RANGE = ("1900-01-01", "2300-01-01")  # defaults of the options event_time_min / event_time_max
+
+
+class Pacer:
+    """Holds a generated source to `rate` items per second (0: as fast as possible): how many of the
+    next `want` items may be produced now (0 after a short sleep, when ahead of schedule)."""
+
+    def __init__(self, rate: float, start: int) -> None:
+        self.rate, self.start, self.t0 = rate, start, time.monotonic()
+
+    def allow(self, done: int, want: int) -> int:
+        if self.rate <= 0:
+            return want
+        n = max(1, min(want, int(self.rate / 10)))
+        due = self.start + (time.monotonic() - self.t0) * self.rate
+        if done + n > due:
+            time.sleep(min(0.1, (done + n - due) / self.rate))
+            return 0
+        return n
 
 
 def event_time_range(options: dict[str, str]) -> tuple[int, int]:
