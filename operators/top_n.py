@@ -18,8 +18,9 @@ from pondstream.sql.planner import ViewPlan
 from pondstream.sql.top_n_planner import TOP
 
 
-def _rank(plan: ViewPlan, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """`table` sorted by window, key and rank, and each row's 0-based rank within its (window, key)."""
+def _rank(plan: ViewPlan, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(the order that sorts `table` by window, key and rank; each sorted row's 0-based rank within its
+    (window, key)). Only the narrow sort columns move here: callers take the wide rows they keep."""
     top = table.column(TOP).combine_chunks()
     keys = ["__ws", *plan.key_columns]
     cols: dict[str, pa.Array] = {k: table.column(k) for k in keys}
@@ -36,27 +37,29 @@ def _rank(plan: ViewPlan, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         if f not in ordered:
             cols[f"__t{i}"] = pc.struct_field(top, f)
             sort.append((f"__t{i}", "ascending"))
-    order = pc.sort_indices(pa.table(cols), sort_keys=sort)
-    table = table.take(order)
+    narrow = pa.table(cols)
+    order = pc.sort_indices(narrow, sort_keys=sort)
     pos = np.arange(table.num_rows)
-    first = np.maximum.accumulate(np.where(key_changes(table.select(keys)), pos, 0))  # the key's first row
+    first = np.maximum.accumulate(np.where(key_changes(narrow.select(keys).take(order)), pos, 0))  # key's 1st row
     if not plan.top.ties:
-        return table, pos - first
-    ranked = pa.table(cols).take(order).select([*keys, *(f for f, _, _ in plan.top.order)])
+        return order.to_numpy(), pos - first
+    ranked = narrow.select([*keys, *(f for f, _, _ in plan.top.order)]).take(order)
     tie = np.maximum.accumulate(np.where(key_changes(ranked), pos, 0))  # the first row ranked equal
-    return table, tie - first
+    return order.to_numpy(), tie - first
 
 
 def best_rows(plan: ViewPlan, tables: list[pa.Table]) -> pa.Table:
     """The best N rows per (window, key) of the given tables (columns __ws, keys, __top)."""
-    table, rank = _rank(plan, pa.concat_tables(tables) if len(tables) > 1 else tables[0])
-    return table.filter(pa.array(rank < plan.top.n))
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    order, rank = _rank(plan, table)
+    return table.take(pa.array(order[rank < plan.top.n]))
 
 
 def ranked_rows(plan: ViewPlan, win: pa.Table) -> pa.Table:
     """What the select list reads: each kept row's fields as columns, its 1-based rank __rn and its
     position __pos among its key's rows (the same but for RANK's ties)."""
-    table, rank = _rank(plan, win)
+    order, rank = _rank(plan, win)
+    table = win.take(pa.array(order))
     pos = np.arange(table.num_rows)
     pos = pos - np.maximum.accumulate(np.where(key_changes(table.select(["__ws", *plan.key_columns])), pos, 0))
     top = table.column(TOP).combine_chunks()

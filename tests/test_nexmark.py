@@ -18,7 +18,7 @@ from conftest import PYTHON, canon
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "nexmark"
 EVENTS = 120_000
-QUERIES = ("q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11", "q14", "q15", "q16", "q17", "q18", "q19", "q19w", "q21", "q22")
+QUERIES = ("q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11", "q14", "q15", "q16", "q17", "q18", "q19", "q19w", "q20", "q21", "q22")
 
 
 def read_all(table: str, events: int, **options: str) -> pa.Table:
@@ -142,6 +142,9 @@ DUCK = {
                time_bucket(INTERVAL 10 SECOND, datetime) + INTERVAL 10 SECOND, auction, bidder, price,
                row_number() OVER (PARTITION BY time_bucket(INTERVAL 10 SECOND, datetime), auction
                                   ORDER BY price DESC, {BID_COLS}) AS rn FROM bid) WHERE rn <= 3""",
+    "q20": """SELECT b.auction, b.bidder, b.price, b.channel, b.url, b.datetime, b.extra, a.itemname, a.description,
+              a.initialbid, a.reserve, a.datetime AS adatetime, a.expires, a.seller, a.category, a.extra AS aextra
+              FROM bid b ASOF JOIN auction a ON b.auction = a.id AND b.datetime >= a.datetime WHERE a.category = 10""",
     "q21": f"""SELECT auction, bidder, price, channel,
                CASE WHEN lower(channel) IN ('apple', 'google', 'facebook', 'baidu')
                     THEN CAST(list_position(['apple', 'google', 'facebook', 'baidu'], lower(channel)) - 1 AS VARCHAR)
