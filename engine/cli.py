@@ -325,7 +325,8 @@ def cmd_status(args) -> int:
                       f"{p['lag']}  watermark {p['watermark']}{'  (idle)' if p['idle'] else ''}")
         if len(inputs) > 1:
             print(f"  watermark (the lower of its inputs'): {v['watermark']}")
-        print(f"  open windows: {v['open_windows']:,}  late events: {v['late']:,}")
+        state = f"  state: {v['state_bytes'] / 1e6:,.1f} MB" if "state_bytes" in v else ""
+        print(f"  open windows: {v['open_windows']:,}{state}  late events: {v['late']:,}")
         if "records_read" in v:  # every record read went to the view's input or to <stream>__errors
             errors = " / ".join(f"{i['stream']}__errors" for i in inputs)
             print(f"  records read: {v['records_read']:,} = {v['records_read'] - v['records_bad']:,} to the view"

@@ -187,6 +187,9 @@ class _Figures(Collector):
                                 "its input stops", labels=["view"])
         windows = GaugeMetricFamily("pondstream_open_windows", "Windows (or key shards) held in state, not yet "
                                     "closed, per view", labels=["view"])
+        held = GaugeMetricFamily("pondstream_view_state_bytes", "Bytes a view holds in RocksDB (Arrow IPC, before "
+                                 "compression): windows, join rows, key shards; falls as the watermark passes",
+                                 labels=["view"])
         consumer = GaugeMetricFamily("pondstream_consumer_lag_messages", "Kafka messages per partition not yet "
                                      "read (end offset minus position), as of the latest checkpoint",
                                      labels=["stream", "partition"])
@@ -194,6 +197,7 @@ class _Figures(Collector):
         for name, v in sorted(views.items()):
             late.add_metric([name], v.get("late", 0))
             windows.add_metric([name], v.get("open_windows", 0))
+            held.add_metric([name], v.get("state_bytes", 0))
             us = v.get("watermark_us")
             if us is not None and us < END_OF_STREAM_US:
                 wm.add_metric([name], us / 1e6)
@@ -203,7 +207,7 @@ class _Figures(Collector):
                 if part.get("lag") is not None and key not in seen:
                     seen.add(key)
                     consumer.add_metric(list(key), part["lag"])
-        yield from (late, wm, lag, windows, consumer)
+        yield from (late, wm, lag, windows, held, consumer)
         versions = CounterMetricFamily("pondstream_versions", "Versions (committed emissions) of each view's "
                                        "output; over all runs on this state dir", labels=["view"])
         rows = CounterMetricFamily("pondstream_rows_written", "Output rows written to each view, re-emissions "

@@ -151,6 +151,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     watermark: int | None = None
     open_windows: int = 0
+    state_bytes: int = 0  # what the views hold in RocksDB, as of the latest checkpoint
     versions: int = 0
     checkpoints: int = 0
     health: str | None = None
@@ -309,13 +310,14 @@ class Runner:
         began = time.perf_counter()
         self.epoch += 1
         txn = Txn()
-        open_windows = 0
+        open_windows = state_bytes = 0
         for g in self.groups:
             if g.source.bounded and g.source.finished:
                 g.watermark.finish()
         for v in self.views:
             self._flush(txn, v)
             open_windows += v.op.open_windows
+            state_bytes += v.op.state_bytes
         for g in self.groups:
             if g.bad:
                 self.series.write(txn, errors_series(g.stream.stmt.name),
@@ -331,6 +333,7 @@ class Runner:
         wms = [g.watermark.value for g in self.groups if g.watermark.value is not None]
         self.progress.watermark = min(wms) if wms else None
         self.progress.open_windows = open_windows
+        self.progress.state_bytes = state_bytes
         self.progress.health = "; ".join(h for g in self.groups if (h := g.source.health())) or None
         self.progress.checkpoints += 1
         self.progress.checkpoint_seconds.append(time.perf_counter() - began)
@@ -445,7 +448,8 @@ class Runner:
                 low = None if None in wms else min(wms)
                 first = {**first, "watermark": ts_text(low), "watermark_us": low,
                          "finished": all(i["finished"] for i in inputs), "inputs": inputs}
-            views[v.plan.name] = {**first, "open_windows": v.op.open_windows, "late": v.meta.get("late", 0),
+            views[v.plan.name] = {**first, "open_windows": v.op.open_windows, "state_bytes": v.op.state_bytes,
+                                  "late": v.meta.get("late", 0),
                                   "records_read": v.meta.get("records_read", 0),
                                   "records_bad": v.meta.get("records_bad", 0)}
         status = {"pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pondstream.operators.groups import key_changes, running_max
 from pondstream.operators.interval_join_view import DUE, OFFSET, RID, SIDE_BITS, IntervalJoinView, _concat
 from pondstream.operators.view_operator import Emission
+from pondstream.operators.watermark import END_OF_STREAM
 from pondstream.state.store import Txn
 
 BASE = 2 << SIDE_BITS  # the right side's compacted rows: the latest per key at or before the compaction time
@@ -75,6 +76,8 @@ class TemporalJoinView(IntervalJoinView):
         """Store the right rows, folding those at or before `horizon` into the latest one per key."""
         if horizon is None:
             self._store(txn, 1, right, epoch)
+            return
+        if horizon >= END_OF_STREAM:  # the left side has ended: no row will ever need a version again
             return
         old = self._time(right, 1) <= horizon
         self._store(txn, 1, right.filter(pa.array(~old)), epoch)

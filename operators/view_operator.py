@@ -114,6 +114,11 @@ class ViewOperator:
     def open_windows(self) -> int:
         return self.state.open_windows
 
+    @property
+    def state_bytes(self) -> int:
+        """What this view holds in RocksDB: it falls back as the watermark lets windows and rows go."""
+        return self.state.size_bytes
+
     def failed_windows(self, rows: pa.Table) -> list[bytes]:
         """What identifies an output row whose select list failed: its window and group keys."""
         keys = rows.select(self.plan.key_columns).to_pylist()

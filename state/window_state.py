@@ -38,8 +38,23 @@ class WindowState:
         self.store, self.merge = store, merge
         self.prefix = key_prefix(b"s", view)
         self.runs: dict[int, int] = defaultdict(int)  # window start -> number of runs
+        self.sizes: dict[int, int] = defaultdict(int)  # window start -> bytes stored (from the keys, no values read)
+        pre = len(self.prefix)
         for key in store.keys(self.prefix, prefix_end(self.prefix)):
-            self.runs[from_u64(key[len(self.prefix): len(self.prefix) + 8])] += 1
+            w = from_u64(key[pre: pre + 8])
+            self.runs[w] += 1
+            self.sizes[w] += from_u64(key[pre + 16: pre + 24]) if len(key) >= pre + 24 else 0  # older keys: unknown
+
+    def _put(self, txn: Txn, w: int, seq: int, part: pa.Table) -> None:
+        """One run; its key ends with the value's size, so state size is known without reading values."""
+        blob = to_ipc(part)
+        txn.put(self.prefix + u64(w) + u64(seq) + u64(len(blob)), blob)
+        self.sizes[w] += len(blob)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of Arrow IPC this view holds in RocksDB (before RocksDB's compression)."""
+        return sum(self.sizes.values())
 
     def _window_range(self, ws: int) -> tuple[bytes, bytes]:
         lo = self.prefix + u64(ws)
@@ -61,8 +76,8 @@ class WindowState:
                 lo_key, hi_key = self._window_range(w)
                 part = self.merge([*self._read(lo_key, hi_key), part])
                 txn.delete_range(lo_key, hi_key)
-                self.runs[w] = 0
-            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(part))
+                self.runs[w] = self.sizes[w] = 0
+            self._put(txn, w, seq, part)
             self.runs[w] += 1
 
     def read(self, windows: set[int]) -> list[pa.Table]:
@@ -81,13 +96,15 @@ class WindowState:
         """Make `partials` the only run of each window it holds (emitted windows kept for lateness)."""
         for w, part in by_window(partials):
             txn.delete_range(*self._window_range(w))
-            txn.put(self.prefix + u64(w) + u64(seq), to_ipc(part))
+            self.sizes[w] = 0
+            self._put(txn, w, seq, part)
             self.runs[w] = 1
 
     def drop(self, txn: Txn, window: int) -> None:
         """Remove one window's state."""
         txn.delete_range(*self._window_range(window))
         self.runs.pop(window, None)
+        self.sizes.pop(window, None)
 
     def expire(self, txn: Txn, bound: int) -> None:
         """Drop the state of every window with start <= bound (one range delete)."""
@@ -96,6 +113,7 @@ class WindowState:
             txn.delete_range(self.prefix, self.prefix + u64(max(gone) + 1))
             for w in gone:
                 del self.runs[w]
+                self.sizes.pop(w, None)
 
 
 def by_window(partials: pa.Table) -> Iterator[tuple[int, pa.Table]]:

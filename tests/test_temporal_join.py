@@ -151,3 +151,44 @@ def test_temporal_join_keys_must_compare(tmp_path):
         with pytest.raises(SqlError, match="type error: o.cid is int64 but c.tier is string"):
             e.execute("CREATE MATERIALIZED VIEW v AS SELECT o.id FROM orders o "
                       "JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c ON o.cid = c.tier")
+
+
+def test_join_state_falls_back_as_the_watermark_passes(tmp_path):
+    """Ten hours of event time, both inputs advancing together (as live topics do): what each join holds
+    stays flat instead of growing with its input (rows the other side's watermark passed are purged, old
+    versions fold into one per key), and all of it goes once the inputs end."""
+    from pondstream.engine.runner import OPERATORS
+    from pondstream.operators.watermark import END_OF_STREAM
+    from pondstream.sql import parse_script
+    from pondstream.sql.planner import plan_view
+    from pondstream.state.store import StateStore, Txn
+
+    stmts = parse_script(pipeline("o.jsonl", "c.jsonl", None).split("CREATE MATERIALIZED VIEW")[0] + """
+CREATE MATERIALIZED VIEW t AS SELECT o.id, c.tier FROM orders o JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c
+  ON o.cid = c.id;
+CREATE MATERIALIZED VIEW i AS SELECT a.id, b.id AS next_id FROM orders a JOIN orders b
+  ON b.cid = a.cid AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '10' MINUTE;""")
+    streams = {s.name: s for s in stmts[:2]}
+    store = StateStore(str(tmp_path / "rocks"))
+    ops = {v.name: OPERATORS[(p := plan_view(v, streams)).window.kind](p, store, {}) for v in stmts[2:]}
+    rng = random.Random(3)
+    sizes: dict[str, list[int]] = {n: [] for n in ops}
+    for step in range(60):  # 10 minutes of each input per checkpoint
+        base = step * 600
+        o = pa.Table.from_pylist([{"__row": k, "id": step * 60 + k, "cid": rng.randrange(30), "amount": 1.0,
+                                   "ts": START + timedelta(seconds=base + k * 10 + rng.uniform(0, 5))} for k in range(60)])
+        c = pa.Table.from_pylist([{"__row": k, "id": k, "tier": rng.choice("abc"), "discount": 0.0,
+                                   "ts": START + timedelta(seconds=base + k * 20 + rng.uniform(0, 5))} for k in range(30)])
+        wm = [pa.scalar(START + timedelta(seconds=base + 600 - 120)).cast(pa.timestamp("us")).value] * 2
+        last = step == 59
+        for name, op in ops.items():
+            op.process(o, None, 0)
+            op.process(o if name == "i" else c, None, 1)
+            txn = Txn()
+            op.checkpoint(txn, [END_OF_STREAM] * 2 if last else wm, step)
+            store.commit(txn)
+            sizes[name].append(op.state_bytes)
+    for name, got in sizes.items():
+        assert max(got[40:59]) <= 1.3 * max(got[10:20]) and max(got) > 0, (name, got)  # flat, not growing
+        assert got[-1] == 0, name  # the end of input purges everything
+    store.close()
