@@ -22,7 +22,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pondstream.operators.groups import key_changes, running_max
-from pondstream.operators.interval_join_view import DUE, OFFSET, RID, SIDE_BITS, IntervalJoinView, _concat
+from pondstream.operators.interval_join_view import (
+    DUE,
+    OFFSET,
+    PAIR,
+    RID,
+    SIDE_BITS,
+    IntervalJoinView,
+    _concat,
+)
+from pondstream.operators.isolate import bisect_failures
+from pondstream.operators.source import as_json
 from pondstream.operators.view_operator import Emission
 from pondstream.operators.watermark import END_OF_STREAM
 from pondstream.state.store import Txn
@@ -92,19 +102,31 @@ class TemporalJoinView(IntervalJoinView):
                 pa.timestamp("us"))), epoch)
 
     def _matched(self, left: pa.Table, right: pa.Table | None) -> pa.Table:
-        """Each left row with its key's right row as of its time (null-padded, or dropped for an inner join,
-        when there is none), through the select list."""
-        idx = self._as_of(left, right) if right is not None and right.num_rows else np.full(left.num_rows, -1)
-        hit = idx >= 0
+        """Each left row with its key's right row as of its time, through the select list: DataFusion joins
+        them by the partner's row id (`__pair`; -1 when there is none: dropped by an inner join, null-padded
+        by LEFT JOIN), so WHERE filters before any wide row is copied."""
+        if right is None:
+            right = self._nulls(1, 0)
+        idx = self._as_of(left, right) if right.num_rows else np.full(left.num_rows, -1)
+        rids = right.column(RID).to_numpy(zero_copy_only=False)
+        pair = np.where(idx >= 0, rids[np.maximum(idx, 0)] if len(rids) else -1, -1)
         if not self.j.outer[0]:
-            left, idx, hit = left.filter(pa.array(hit)), idx[hit], hit[hit]
-        if right is None or not hit.any():
-            return self._select(left, self._nulls(1, left.num_rows))
-        partner = right.take(pa.array(np.where(hit, idx, 0)))
-        if not hit.all():  # LEFT JOIN rows without a partner: null-padded
-            partner = pa.table([pc.if_else(pa.array(hit), partner.column(i), pa.nulls(len(hit), f.type))
-                                for i, f in enumerate(partner.schema)], schema=partner.schema)
-        return self._select(left, partner)
+            left, pair = left.filter(pa.array(pair >= 0)), pair[pair >= 0]
+        left = left.append_column(PAIR, pa.array(pair, pa.int64()))
+        right = right.append_column(PAIR, right.column(RID))
+
+        def run(lo: int, hi: int) -> pa.Table:
+            return self._sql(self.plan.final_sql, left.slice(lo, hi - lo), right)
+        try:
+            out = run(0, left.num_rows)
+        except Exception:  # noqa: BLE001 - DataFusion raises plain Exceptions for data errors
+            done, failed = bisect_failures(left.num_rows, run)
+            out = _concat([t for _, _, t in done]) or run(0, 0)
+            raws = as_json(left.take(pa.array([i for i, _ in failed])).drop_columns([RID, PAIR, DUE]))
+            self.failed += [(raw, f"expression error in view {self.plan.name}: {msg}")
+                            for raw, (_, msg) in zip(raws, failed, strict=True)]
+        order = [(c, "ascending") for c in self.plan.time_columns]
+        return out.sort_by(order) if order else out
 
     def _as_of(self, left: pa.Table, right: pa.Table) -> np.ndarray:
         """For each left row, the index of the right row with equal keys and the latest (time, arrival) at

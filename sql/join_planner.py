@@ -156,7 +156,8 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
                 time_col, time_side = name, i
     wrapped = [e if isinstance(e, exp.Alias) else exp.alias_(e, exp.to_identifier(e.name, quoted=True)) for e in sel.expressions]
     a, b = (f'"{x}"' for x in aliases)
-    final_sql = (f"SELECT {', '.join(to_datafusion(e) for e in wrapped)} FROM {a} JOIN {b} "
+    kw = "LEFT JOIN" if keys and outer[0] else "JOIN"  # a temporal join pairs by the partner's row id
+    final_sql = (f"SELECT {', '.join(to_datafusion(e) for e in wrapped)} FROM {a} {kw} {b} "
                  f'ON {a}."__pair" = {b}."__pair"' + (f" WHERE {to_datafusion(where.this)}" if where is not None else ""))
     pairs_sql = f'SELECT {a}."__rid" AS l, {b}."__rid" AS r FROM {a} JOIN {b} ON {to_datafusion(on)}'
     bucket = max(MIN_BUCKET_US, min(MAX_BUCKET_US, hi - lo if window is None else window.size_us))

@@ -192,3 +192,20 @@ CREATE MATERIALIZED VIEW i AS SELECT a.id, b.id AS next_id FROM orders a JOIN or
         assert max(got[40:59]) <= 1.3 * max(got[10:20]) and max(got) > 0, (name, got)  # flat, not growing
         assert got[-1] == 0, name  # the end of input purges everything
     store.close()
+
+
+def test_a_poison_row_in_a_temporal_join_goes_to_the_errors(case):
+    """A select list that fails on some rows (division by zero): those orders go to orders__errors with
+    their reason, every other one to the view."""
+    tmp, orders, customers, src, _ = case
+    sql = pipeline(*src, 3000).split("CREATE MATERIALIZED VIEW")[0] + """
+CREATE MATERIALIZED VIEW poisoned AS SELECT o.id, 1000 / (o.id % 97) AS inv, c.tier
+FROM orders o LEFT JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c ON o.cid = c.id;"""
+    with Engine(tmp / "poison") as e:
+        e.execute(sql)
+        e.run(checkpoint_interval=0)
+        got = set(e.query("SELECT id FROM poisoned").column("id").to_pylist())
+        errors = e.query("SELECT reason, error, raw FROM orders__errors").to_pylist()
+    on = {r["id"] for r in on_time(orders, DELAY_O)}
+    assert got == {i for i in on if i % 97} and len(errors) == len({i for i in on if i % 97 == 0}) > 5
+    assert all(r["reason"] == "expression error" and "poisoned" in r["error"] for r in errors)
