@@ -55,20 +55,50 @@ class TemporalJoinView(IntervalJoinView):
             ok = due < wr if wr is not None else np.zeros(len(due), bool)
             ready, waiting = left.filter(pa.array(ok)), left.filter(pa.array(~ok))
         self._store(txn, 0, waiting, epoch)
-        right = None
-        if (ready is not None and ready.num_rows) or wl is not None:
-            right = _concat([self._take_stored(txn, 1), new_right])
-        elif new_right is not None:
-            self._store(txn, 1, new_right, epoch)
         out = []
         if ready is not None and ready.num_rows:
+            right = _concat([self._stored_right(), new_right])
             out.append(Emission(self._matched(ready, right), False, self._output_watermark(watermarks)))
-        if right is not None:  # keep what a waiting or future left row can still need
-            oldest = [int((w & ((1 << SIDE_BITS) - 1)) - OFFSET) * self.j.bucket_us for w in self.state.runs
-                      if w >> SIDE_BITS == 0]  # the start of every bucket still holding waiting rows
-            horizon = None if wl is None else min([wl, *oldest])
-            self._keep(txn, right, horizon, epoch)
+        oldest = [int((w & ((1 << SIDE_BITS) - 1)) - OFFSET) * self.j.bucket_us for w in self.state.runs
+                  if w >> SIDE_BITS == 0]  # the start of every bucket still holding waiting rows
+        if wl is not None:  # keep what a waiting or future left row can still need
+            new_right = self._fold(txn, min([wl, *oldest]), new_right, epoch)
+        self._store(txn, 1, new_right, epoch)
         return out
+
+    def _stored_right(self) -> pa.Table | None:
+        ids = {w for w in self.state.runs if w >> SIDE_BITS == 1 or w == BASE}
+        return _concat([t.drop_columns(["__ws"]) for t in self.state.read(ids)])
+
+    def _fold(self, txn: Txn, horizon: int, new: pa.Table | None, epoch: int) -> pa.Table | None:
+        """Fold the right side's rows at or before `horizon` (stored buckets that end by then, and such
+        `new` rows) into the latest row per key, once they hold a quarter of what the folded rows do (so
+        the base is not rewritten every checkpoint). Returns the new rows still to store."""
+        mask = (1 << SIDE_BITS) - 1
+        if horizon >= END_OF_STREAM:  # the left side has ended: no row will ever need a version again
+            for w in [w for w in self.state.runs if w >> SIDE_BITS == 1 or w == BASE]:
+                self.state.drop(txn, w)
+            return None
+        old = [w for w in self.state.runs if w >> SIDE_BITS == 1
+               and ((w & mask) - OFFSET + 1) * self.j.bucket_us - 1 <= horizon]
+        fresh = None
+        if new is not None:
+            young = self._time(new, 1) > horizon
+            new, fresh = new.filter(pa.array(young)), new.filter(pa.array(~young))
+        due = sum(self.state.sizes[w] for w in old) + (fresh.nbytes if fresh is not None else 0)
+        if not due or due * 4 < self.state.sizes.get(BASE, 0):
+            return _concat([new, fresh])
+        rows = _concat([*(t.drop_columns(["__ws"]) for t in self.state.read({*old, BASE})), fresh])
+        for w in [*old, BASE]:
+            self.state.drop(txn, w)
+        keys = list(self.j.keys[1])
+        order = pc.sort_indices(rows, sort_keys=[*((k, "ascending") for k in keys), (DUE, "descending"),
+                                                  (RID, "descending")])
+        rows = rows.take(order)
+        rows = rows.filter(pa.array(key_changes(rows.select(keys))))  # the first, i.e. latest, per key
+        self.state.append(txn, rows.add_column(0, "__ws", pa.array(np.full(rows.num_rows, BASE)).cast(
+            pa.timestamp("us"))), epoch)
+        return new
 
     def _take_stored(self, txn: Txn, side: int, below: int | None = None) -> pa.Table | None:
         """The stored rows of a side (the right's compacted rows too; for the left only buckets that start
@@ -81,25 +111,6 @@ class TemporalJoinView(IntervalJoinView):
         for w in ids:
             self.state.drop(txn, w)
         return rows
-
-    def _keep(self, txn: Txn, right: pa.Table, horizon: int | None, epoch: int) -> None:
-        """Store the right rows, folding those at or before `horizon` into the latest one per key."""
-        if horizon is None:
-            self._store(txn, 1, right, epoch)
-            return
-        if horizon >= END_OF_STREAM:  # the left side has ended: no row will ever need a version again
-            return
-        old = self._time(right, 1) <= horizon
-        self._store(txn, 1, right.filter(pa.array(~old)), epoch)
-        base = right.filter(pa.array(old))
-        if base.num_rows:
-            keys = list(self.j.keys[1])
-            order = pc.sort_indices(base, sort_keys=[*((k, "ascending") for k in keys), (DUE, "descending"),
-                                                      (RID, "descending")])
-            base = base.take(order)
-            base = base.filter(pa.array(key_changes(base.select(keys))))  # the first, i.e. latest, per key
-            self.state.append(txn, base.add_column(0, "__ws", pa.array(np.full(base.num_rows, BASE)).cast(
-                pa.timestamp("us"))), epoch)
 
     def _matched(self, left: pa.Table, right: pa.Table | None) -> pa.Table:
         """Each left row with its key's right row as of its time, through the select list: DataFusion joins
