@@ -202,7 +202,8 @@ class Runner:
             ensure_series(self.series, plan, self.catalog.source_entry(plan.stream).stmt.schema)
             meta = self.store.get_meta(f"view/{name}", {})
             mine = [self._group(groups, upstream, input_meta(meta, i)) for i, upstream in enumerate(plan.inputs)]
-            if isinstance(mine[0].source, ViewSource) and plan.window.kind != "select":  # windows re-read upstream
+            if isinstance(mine[0].source, ViewSource) and plan.window.kind in ("tumble", "hop", "cumulate"):
+                # windows over a view are recomputed from its series; joins and projections read its rows
                 op: ViewOperator = RecomputedView(plan, self.store, meta, upstream=mine[0].source)
             else:
                 op = OPERATORS[plan.window.kind](plan, self.store, meta)

@@ -75,9 +75,9 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
             raise at(t, "a join reads two streams, or two windows of streams (no subqueries in FROM yet)")
         s, w = side_of(t)
         windows.append(w)
-        if s.options.get("connector") == "view":
-            raise at(t, f"{s.name} is a view: joins read streams only, for now",
-                     "join the streams the view reads, then aggregate in a view over the join")
+        if s.options.get("connector") == "view" and s.options.get("append_only") != "true":
+            raise at(t, f"{s.name} is a view that rewrites rows (allowed lateness, EMIT EVERY, sessions): joins "
+                     "read streams and views that never do", "join the streams the view reads instead")
         stmts.append(s)
         aliases.append(t.alias_or_name.lower() if t.alias else s.name)
     window = windows[0]

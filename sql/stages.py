@@ -1,8 +1,8 @@
 """Split one CREATE MATERIALIZED VIEW into the chain of views it runs as.
 
 Each operator reads streams (or views), so a statement with several levels runs as several views: a
-derived table or CTE in FROM becomes a stage of its own (`<view>__<alias>`), and so does the join under
-a GROUP BY (`<view>__join`), whose output the aggregate then reads like any view over a view. Stages are
+derived table or CTE in FROM becomes a stage of its own (`<view>__<alias>`), so do the first two inputs
+of a join of three or more (`<view>__join1`, ...), and so does the join under a GROUP BY (`<view>__join`), whose output the aggregate then reads like any view over a view. Stages are
 ordinary views (versioned, queryable, exactly once), derived again from the statement whenever the
 catalog is read, and dropped with it. Nodes are copied with their positions, so a mistake inside a
 stage is reported at its place in the user's statement.
@@ -35,6 +35,8 @@ def stages(view: CreateView) -> list[CreateView]:
         select.set("with", None)
         _rename_tables(select, renamed)
     _lift_derived_tables(view, select, out)
+    while len(_joins(select)) > 1:  # a join of three or more: the first two joined, as a stage
+        out.append(_first_join_stage(view, select, len(out) + 1))
     if _joins(select) and _aggregates(select):
         out.append(_join_stage(view, select))
     final = CreateView(view.sql, view.name, select, dict(view.options), canonical=view.canonical)
@@ -97,6 +99,51 @@ def _lift_derived_tables(view: CreateView, select: exp.Select, out: list[CreateV
                                      alias=exp.TableAlias(this=exp.to_identifier(alias))))
 
 
+def _stage_columns(used: list[exp.Column]) -> tuple[list[exp.Expression], dict[tuple[str, str], str]]:
+    """The select list of a join stage: each used column once, named as itself, or `table_column` when
+    two sides share the name."""
+    names: dict[tuple[str, str], str] = {}
+    clashing = {c.name.lower() for c in used
+                if len({(d.table.lower(), d.name.lower()) for d in used if d.name.lower() == c.name.lower()}) > 1}
+    items: list[exp.Expression] = []
+    for col in used:
+        key = (col.table.lower(), col.name.lower())
+        if key not in names:
+            names[key] = f"{col.table}_{col.name}" if col.name.lower() in clashing else col.name
+            items.append(exp.alias_(col.copy(), exp.to_identifier(names[key], quoted=True)))
+    return items, names
+
+
+def _first_join_stage(view: CreateView, select: exp.Select, n: int) -> CreateView:
+    """`FROM a JOIN b ON ... JOIN c ON ...`: `a JOIN b` becomes `<view>__join<n>`, selecting the columns of
+    a and b the rest of the query uses (those in the later ONs first, so a time they bound on is the
+    stage's event time); the rest reads the stage in their place."""
+    frm, joins = _from(select), _joins(select)
+    sides = {t.alias_or_name.lower() for t in (frm.this, joins[0].this)}
+    later = [j.args.get("on") for j in joins[1:]]
+    rest = [*later, *select.expressions, select.args.get("where"), select.args.get("group"), select.args.get("having")]
+    used: list[exp.Column] = []
+    for node in rest:
+        for col in list(node.find_all(exp.Column)) if node is not None else []:
+            if isinstance(col.this, exp.Star):
+                raise at(col, "list the columns of a join view", "e.g. SELECT o.id, s.carrier, ...")
+            if not col.table:
+                raise at(col, "qualify the columns of a join of three or more inputs", f"write alias.{col.name}")
+            if col.table.lower() in sides:
+                used.append(col)
+    items, names = _stage_columns(used)
+    name = f"{view.name}__join{n}"
+    inner = exp.Select(expressions=items)
+    inner.set("from_", frm.copy())
+    inner.set("joins", [joins[0].copy()])
+    for col in used:
+        col.replace(exp.column(exp.to_identifier(names[(col.table.lower(), col.name.lower())], quoted=True),
+                               table=exp.to_identifier(name, quoted=True)))
+    select.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(name, quoted=True))))
+    select.set("joins", joins[1:])
+    return _stage(view, name, inner)
+
+
 def _join_stage(view: CreateView, select: exp.Select) -> CreateView:
     """GROUP BY over a join: the join (with WHERE) becomes `<view>__join`, selecting the columns the
     aggregate uses; the aggregate reads it. The window's time column goes first, so it is the stage's
@@ -113,15 +160,7 @@ def _join_stage(view: CreateView, select: exp.Select) -> CreateView:
             if id(col) not in seen:
                 seen.add(id(col))
                 used.append(col)
-    names: dict[tuple[str, str], str] = {}
-    clashing = {c.name.lower() for c in used
-                if len({(d.table.lower(), d.name.lower()) for d in used if d.name.lower() == c.name.lower()}) > 1}
-    items: list[exp.Expression] = []
-    for col in used:
-        key = (col.table.lower(), col.name.lower())
-        if key not in names:
-            names[key] = f"{col.table}_{col.name}" if col.name.lower() in clashing else col.name
-            items.append(exp.alias_(col.copy(), exp.to_identifier(names[key], quoted=True)))
+    items, names = _stage_columns(used)
     inner = exp.Select(expressions=items)
     inner.set("from_", _from(select).copy())
     inner.set("joins", [j.copy() for j in _joins(select)])
