@@ -75,9 +75,9 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
             raise at(t, "a join reads two streams, or two windows of streams (no subqueries in FROM yet)")
         s, w = side_of(t)
         windows.append(w)
-        if s.options.get("connector") == "view" and s.options.get("append_only") != "true":
-            raise at(t, f"{s.name} is a view that rewrites rows (allowed lateness, EMIT EVERY, sessions): joins "
-                     "read streams and views that never do", "join the streams the view reads instead")
+        if s.options.get("connector") == "view" and s.options.get("joinable") != "true":
+            raise at(t, f"{s.name} is a view of windows or a projection: joins read streams and other joins' views "
+                     "(whose rows never fall below their watermark)", "join the streams the view reads instead")
         stmts.append(s)
         aliases.append(t.alias_or_name.lower() if t.alias else s.name)
     window = windows[0]
@@ -133,6 +133,10 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
     keys = None
     if version is not None:  # FOR SYSTEM_TIME AS OF: each left row meets the right row current at its time
         keys = _temporal_keys(version, on, side, window, aliases, [s.event_time for s in stmts])
+        declared = stmts[1].primary_key
+        if declared and {k.lower() for k in keys[1]} != {k.lower() for k in declared}:
+            raise at(on, f"{stmts[1].name} declares PRIMARY KEY ({', '.join(declared)}): a temporal join matches "
+                     f"its versions on exactly that key", f"write ON {' AND '.join(f'{aliases[0]}.<col> = {aliases[1]}.{k}' for k in declared)}")
         lo, hi = -(1 << 62), 0
     elif window is None:
         lo, hi = _time_bound(on, [s.event_time for s in stmts], aliases)

@@ -54,6 +54,7 @@ class CreateStream(Statement):
     event_time: str
     watermark_delay_us: int
     options: dict[str, str] = field(default_factory=dict)
+    primary_key: tuple[str, ...] = ()  # PRIMARY KEY (...) NOT ENFORCED: each row is the latest version of its key
 
 
 @dataclass
@@ -339,9 +340,13 @@ def _create_stream(tree: exp.Create, text: str) -> CreateStream:
         raise at(tree, "CREATE STREAM needs a column list", "CREATE STREAM s (a BIGINT, ts TIMESTAMP) WITH (...)")
     name = object_name(schema_node.this, "stream")
     fields: list[pa.Field] = []
-    watermark = None
+    watermark = key = None
     for item in schema_node.expressions:
-        if isinstance(item, exp.WatermarkColumnConstraint):
+        if isinstance(item, exp.PrimaryKey):
+            if key is not None:
+                raise at(item, "only one PRIMARY KEY per stream")
+            key = item
+        elif isinstance(item, exp.WatermarkColumnConstraint):
             if watermark is not None:
                 raise at(item, "only one WATERMARK clause per stream")
             watermark = item
@@ -365,7 +370,22 @@ def _create_stream(tree: exp.Create, text: str) -> CreateStream:
         raise at(where, f"event-time column {event_time} is not declared", f"declared columns: {', '.join(schema.names)}")
     if not pa.types.is_timestamp(field_.type):
         raise at(where, f"event-time column {event_time} must be TIMESTAMP, not {field_.type}")
-    return CreateStream(text, name, schema, field_.name, delay, options)
+    return CreateStream(text, name, schema, field_.name, delay, options, _primary_key(key, schema))
+
+
+def _primary_key(key: exp.PrimaryKey | None, schema: pa.Schema) -> tuple[str, ...]:
+    """The declared key columns (as declared in the column list); streams do not enforce it: it says
+    which rows are versions of one another, for temporal joins."""
+    if key is None:
+        return ()
+    names = {n.lower(): n for n in schema.names}
+    out = []
+    for ident in key.expressions:
+        col = ident.name if isinstance(ident, (exp.Identifier, exp.Column)) else ident.sql()
+        if col.lower() not in names:
+            raise at(ident, f"PRIMARY KEY column {col} is not declared", f"declared columns: {', '.join(schema.names)}")
+        out.append(names[col.lower()])
+    return tuple(out)
 
 
 def _event_time(options: dict[str, str], watermark: exp.Expression | None, schema_node: exp.Expression,

@@ -126,3 +126,12 @@ def test_a_mistake_inside_a_stage_is_located_in_the_statement(tmp_path):
                       "SECOND) GROUP BY window_start, window_end")
         assert "unknown column pricee" in info.value.message and info.value.line == 2
         assert e.execute("SHOW MATERIALIZED VIEWS")[0].num_rows == 0
+
+
+def test_joins_read_join_views_only(tmp_path):
+    with Engine(tmp_path) as e:
+        e.execute(DDL + "CREATE MATERIALIZED VIEW counts AS SELECT TUMBLE_START(datetime, INTERVAL '1' SECOND) AS ws, "
+                  "auction, COUNT(*) AS n FROM bid GROUP BY TUMBLE(datetime, INTERVAL '1' SECOND), auction;")
+        with pytest.raises(SqlError, match="counts is a view of windows or a projection"):
+            e.execute("CREATE MATERIALIZED VIEW j AS SELECT c.auction, b.price FROM counts c JOIN bid b "
+                      "ON b.auction = c.auction AND b.datetime BETWEEN c.ws AND c.ws + INTERVAL '1' SECOND")

@@ -71,7 +71,7 @@ def pipeline(orders_path, customers_path, batch_bytes: int | None) -> str:
 CREATE STREAM orders (id BIGINT, cid BIGINT, amount DOUBLE, ts TIMESTAMP,
   WATERMARK FOR ts AS ts - INTERVAL '{DELAY_O}' SECOND)
   WITH (connector = 'file', path = '{orders_path}', format = 'jsonl'{extra});
-CREATE STREAM customers (id BIGINT, tier VARCHAR, discount DOUBLE, ts TIMESTAMP,
+CREATE STREAM customers (id BIGINT, tier VARCHAR, discount DOUBLE, ts TIMESTAMP, PRIMARY KEY (id) NOT ENFORCED,
   WATERMARK FOR ts AS ts - INTERVAL '{DELAY_C}' SECOND)
   WITH (connector = 'file', path = '{customers_path}', format = 'jsonl'{extra});
 """ + VIEWS
@@ -134,6 +134,8 @@ def test_random_sigkills_do_not_change_temporal_joins(case):
     ("FROM orders o JOIN customers FOR SYSTEM_TIME AS OF c.ts AS c ON o.cid = c.id", "must name the left side's"),
     ("FROM orders o JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c ON o.cid = c.id AND o.amount > 1",
      "equates columns of the two sides"),
+    ("FROM orders o JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c ON o.id = c.discount",
+     "declares PRIMARY KEY (id)"),
 ])
 def test_temporal_join_mistakes_say_what_to_write(tmp_path, sql, words):
     with Engine(tmp_path) as e:
@@ -147,7 +149,7 @@ def test_temporal_join_mistakes_say_what_to_write(tmp_path, sql, words):
 def test_temporal_join_keys_must_compare(tmp_path):
     with Engine(tmp_path) as e:
         paths = [write_jsonl(tmp_path / f"{n}.jsonl", []) for n in ("o", "c")]
-        e.execute(pipeline(*paths, None).split("CREATE MATERIALIZED")[0])
+        e.execute(pipeline(*paths, None).split("CREATE MATERIALIZED")[0].replace(" PRIMARY KEY (id) NOT ENFORCED,", ""))
         with pytest.raises(SqlError, match="type error: o.cid is int64 but c.tier is string"):
             e.execute("CREATE MATERIALIZED VIEW v AS SELECT o.id FROM orders o "
                       "JOIN customers FOR SYSTEM_TIME AS OF o.ts AS c ON o.cid = c.tier")
