@@ -46,12 +46,15 @@ def view_as_stream(plan: ViewPlan) -> CreateStream | None:
     schema = pa.schema([f for f in plan.output_schema if not f.name.startswith("_")])
     append_only = plan.window.kind in ("select", "join", "temporal") or (  # never rewrites a row it wrote
         plan.window.kind in ("tumble", "hop", "cumulate") and not plan.lateness_us and not plan.emit_every_us)
-    # A join's rows never fall below its output watermark (windows' starts and projected late rows can),
-    # so only joins can feed joins: their watermark tells when a row can be purged.
-    joinable = plan.window.kind in ("join", "temporal")
+    # A join can read a view whose rows never fall below a known bound: a join's rows stay at or above its
+    # output watermark, a window view's starts above its watermark less the window size (the lag). A
+    # projection passes late rows on, below any watermark, so it cannot feed a join.
+    windowed = plan.window.kind in ("tumble", "hop", "cumulate")
+    joinable = plan.window.kind in ("join", "temporal") or (windowed and append_only)
     return CreateStream(f"-- view {plan.name}", plan.name, schema, start, 0,
                         {"connector": "view", "append_only": str(append_only).lower(),
-                         "joinable": str(joinable).lower()})
+                         "joinable": str(joinable).lower(),
+                         "watermark_lag_us": str(plan.window.size_us if windowed else 0)})
 
 
 @dataclass

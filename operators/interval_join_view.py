@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.source import as_json, bad_records
 from pondstream.operators.view_operator import TS, Emission, Flush, ViewOperator
+from pondstream.operators.watermark import END_OF_STREAM
 from pondstream.operators.window import assign, true_start, window_end
 from pondstream.sql.planner import ViewPlan, session
 from pondstream.state.store import StateStore, Txn
@@ -97,6 +98,9 @@ class IntervalJoinView(ViewOperator):
 
     # -- checkpoint --------------------------------------------------------------------------------
     def checkpoint(self, txn: Txn, watermarks: list[int | None], epoch: int) -> Flush:
+        # A window view's rows are its windows' starts: they stay above its watermark less the window size.
+        watermarks = [w if w is None or w >= END_OF_STREAM else w - lag
+                      for w, lag in zip(watermarks, self.j.lags, strict=True)]
         out = Flush(emissions=[e for e in self.flush(txn, watermarks, epoch) if e.rows.num_rows])
         if self.late:
             out.late, self.late = pa.concat_tables(self.late), []

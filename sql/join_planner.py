@@ -43,6 +43,7 @@ class JoinSpec:
     bucket_us: int  # state is kept per time bucket of this size
     window: WindowSpec | None = None  # a window join: both sides windowed alike, rows paired per window
     keys: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # a temporal join: the equated columns per side
+    lags: tuple[int, int] = (0, 0)  # a window view input: its rows' times stay above its watermark less this
 
 
 def is_join(view: CreateView) -> bool:
@@ -76,8 +77,9 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
         s, w = side_of(t)
         windows.append(w)
         if s.options.get("connector") == "view" and s.options.get("joinable") != "true":
-            raise at(t, f"{s.name} is a view of windows or a projection: joins read streams and other joins' views "
-                     "(whose rows never fall below their watermark)", "join the streams the view reads instead")
+            raise at(t, f"{s.name} cannot be joined: joins read streams, joins' views and window views without "
+                     "allowed lateness or EMIT EVERY (a projection passes late rows on; the others rewrite rows)",
+                     "join the streams the view reads instead")
         stmts.append(s)
         aliases.append(t.alias_or_name.lower() if t.alias else s.name)
     window = windows[0]
@@ -171,7 +173,8 @@ def plan_join(view: CreateView, streams: dict[str, CreateStream], side_of) -> tu
                    for sc in schemas]
     spec = JoinSpec((stmts[0].name, stmts[1].name), (aliases[0], aliases[1]), (stmts[0].event_time, stmts[1].event_time),
                     (schemas[0], schemas[1]), lo, hi, outer, time_side, pairs_sql,
-                    TEMPORAL_BUCKET_US if keys else bucket, window, keys)
+                    TEMPORAL_BUCKET_US if keys else bucket, window, keys,
+                    tuple(int(st.options.get("watermark_lag_us", 0)) for st in stmts))
 
     for a, b in zip(*(keys or ((), ())), strict=True):  # the as-of match compares the keys as the left's type
         ta, tb = schemas[0].field(a).type, schemas[1].field(b).type
