@@ -4,7 +4,7 @@ A batch keeps the best N of its rows per key; merging two such tables keeps the 
 result never depends on how rows were batched. "Best" is the view's ORDER BY, ties broken by every
 field of the row (ascending), so equal rankings are also decided the same way every run. With RANK()
 rows equal under ORDER BY share the rank of the first of them; a row's rank in a part of the input is
-never above its rank in the whole, so keeping ranks <= N per part loses nothing.
+never above its rank in the whole (DENSE_RANK's neither), so keeping ranks <= N per part loses nothing.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ def _rank(plan: ViewPlan, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     first = np.maximum.accumulate(np.where(key_changes(narrow.select(keys).take(order)), pos, 0))  # key's 1st row
     if not plan.top.ties:
         return order.to_numpy(), pos - first
-    ranked = narrow.select([*keys, *(f for f, _, _ in plan.top.order)]).take(order)
-    tie = np.maximum.accumulate(np.where(key_changes(ranked), pos, 0))  # the first row ranked equal
+    change = key_changes(narrow.select([*keys, *(f for f, _, _ in plan.top.order)]).take(order))
+    if plan.top.function == "dense_rank":  # distinct ORDER BY values before the row, in its key
+        seen = np.cumsum(change)
+        return order.to_numpy(), seen - seen[first]
+    tie = np.maximum.accumulate(np.where(change, pos, 0))  # the first row ranked equal
     return order.to_numpy(), tie - first
 
 

@@ -131,13 +131,15 @@ def _plan_top_n(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:
                      "a window Top-N is emitted when its window closes; a running one as its rows change")
     if "allowed_lateness" in plan.options:
         if plan.top.ties:
-            raise at(view.select, "allowed_lateness is not supported with RANK()", "use ROW_NUMBER(), or no "
+            raise at(view.select, "allowed_lateness is not supported with RANK() or DENSE_RANK()",
+                     "use ROW_NUMBER(), or no "
                      "allowed_lateness: a late row could end a tie, and an emitted row cannot be withdrawn")
         if plan.window.kind == "running":
             raise at(view.select, "allowed_lateness is not supported for a running Top-N", "nothing is late there")
         plan.lateness_us = option_duration("allowed_lateness", plan.options["allowed_lateness"])
     if plan.top.ties and (plan.window.kind == "running" or stream.options.get("append_only") == "false"):
-        raise at(view.select, "RANK() is supported in window Top-N over streams and views that never rewrite "
+        raise at(view.select, "RANK() and DENSE_RANK() are supported in window Top-N over streams and views "
+                 "that never rewrite "
                  "rows", "use ROW_NUMBER(), or rank within windows: a row in a tie could later be outranked, and "
                  "an emitted row cannot be withdrawn")
     if stream.options.get("connector") == "view" and plan.window.kind == "running":

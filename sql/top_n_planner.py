@@ -4,7 +4,7 @@
       SELECT *, ROW_NUMBER() OVER (PARTITION BY [window_start, window_end,] k ORDER BY price DESC) AS rn
       FROM bid | TUMBLE(TABLE bid, DESCRIPTOR(ts), size) [WHERE ...]) WHERE rn <= N
 
-RANK() instead of ROW_NUMBER() keeps ties (every row ranked <= N). Over a window TVF it is a window Top-N, emitted when the watermark closes the window; over a stream it
+RANK() or DENSE_RANK() instead of ROW_NUMBER() keeps ties (every row ranked <= N). Over a window TVF it is a window Top-N, emitted when the watermark closes the window; over a stream it
 is a running Top-N per key, rewritten as the key's top rows change (N = 1 with ORDER BY ts DESC keeps the
 latest row per key: dedup). It runs on the aggregate machinery: the "partial" per (window, key) is the
 key's best N rows so far (a struct per row), and merging two is keeping the best N of both, so state,
@@ -33,13 +33,17 @@ HINT = ("write SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER 
 class TopN:
     n: int
     order: list[tuple[str, bool, bool]]  # (struct field, descending, nulls first), then every field ascending
-    ties: bool = False  # RANK(): rows equal under ORDER BY share a rank, so more than N rows may be kept
+    function: str = "row_number"  # rank, dense_rank: rows equal under ORDER BY share a rank (ties are kept)
+
+    @property
+    def ties(self) -> bool:
+        return self.function != "row_number"
 
 
 def _row_number(sel: exp.Select) -> exp.Alias | None:
     for e in sel.expressions:
         if isinstance(e, exp.Alias) and isinstance(e.this, exp.Window) and \
-                isinstance(e.this.this, (exp.RowNumber, exp.Rank)):
+                isinstance(e.this.this, (exp.RowNumber, exp.Rank, exp.DenseRank)):
             return e
     return None
 
@@ -80,7 +84,7 @@ def plan_top_n(planner: Any, view: Any) -> ViewPlan:
     inner = outer.args["from_"].this.this.copy()
     numbered = _row_number(inner)
     if numbered is None:
-        raise at(inner, "only ROW_NUMBER() or RANK() OVER (...) is supported here", HINT)
+        raise at(inner, "only ROW_NUMBER(), RANK() or DENSE_RANK() OVER (...) is supported here", HINT)
     win: exp.Window = numbered.this
     rn = numbered.alias.lower()
     n = _limit(outer.args.get("where"), rn, outer)
@@ -184,7 +188,8 @@ def plan_top_n(planner: Any, view: Any) -> ViewPlan:
     for i, kc in enumerate(key_cols):  # hidden: the partition keys tell rows apart across versions
         out.append(f'{kc} AS "_key{i}"')
         identity.append(f"_key{i}")
-    ties = isinstance(win.this, exp.Rank)
+    function = {exp.Rank: "rank", exp.DenseRank: "dense_rank"}.get(type(win.this), "row_number")
+    ties = function != "row_number"
     if ties or (n > 1 and not rank_shown):  # what tells a key's rows apart: their position (RANK repeats)
         identity = [i for i in identity if not (rank_shown and ties and i.lower() == numbered.alias.lower())]
         out.append('__pos AS "_position"')
@@ -192,4 +197,4 @@ def plan_top_n(planner: Any, view: Any) -> ViewPlan:
     final_sql = f"SELECT {', '.join(out)} FROM __win"
     window = planner.window if tvf else WindowSpec("running", 0, 0)
     return ViewPlan(view.name, stream.name, stream.event_time, window, pre_sql, key_cols, [], final_sql,
-                    None, time_columns, identity, dict(view.options), top=TopN(n, order, ties))
+                    None, time_columns, identity, dict(view.options), top=TopN(n, order, function))

@@ -213,10 +213,11 @@ TVF = "TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '1' HOUR)"
     ({"src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount",
       "opts": " WITH (allowed_lateness = '1 hour')"}, None),
     ({"rank": "RANK", "src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount"}, None),
-    ({"rank": "RANK"}, "RANK() is supported in window Top-N"),
+    ({"rank": "RANK"}, "RANK() and DENSE_RANK() are supported in window Top-N"),
+    ({"rank": "DENSE_RANK", "src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount"}, None),
     ({"rank": "RANK", "src": TVF, "over": "PARTITION BY window_start, window_end ORDER BY amount",
       "opts": " WITH (allowed_lateness = '1 hour')"}, "allowed_lateness is not supported with RANK()"),
-    ({"rank": "DENSE_RANK"}, "only ROW_NUMBER() or RANK()"),
+    ({"rank": "NTILE"}, "only ROW_NUMBER(), RANK() or DENSE_RANK()"),
 ])
 def test_top_n_views_plan_or_say_what_to_write(change, words):
     sql = TOP.format(**{**TOP_OK, **change})

@@ -47,6 +47,12 @@ CREATE MATERIALIZED VIEW near_window AS
 SELECT b.auction, b.bidder, b.datetime, r.n FROM per_bidder r JOIN bid b
   ON b.bidder = r.bidder AND b.datetime BETWEEN r.ws AND r.ws + INTERVAL '500' MILLISECOND;
 
+CREATE MATERIALIZED VIEW busiest AS
+SELECT ws, bidder, n, r FROM (
+  SELECT *, DENSE_RANK() OVER (PARTITION BY window_start, window_end ORDER BY n DESC) AS r
+  FROM TUMBLE(TABLE per_bidder, DESCRIPTOR(ws), INTERVAL '1' SECOND))
+WHERE r <= 3;
+
 CREATE MATERIALIZED VIEW three AS
 SELECT a.id AS aid, p.name, b.price, b.datetime AS bt
 FROM auction a JOIN person p ON a.seller = p.id AND a.datetime BETWEEN p.datetime AND p.datetime + INTERVAL '10' SECOND
@@ -70,6 +76,9 @@ DUCK = {
     "near_window": """SELECT b.auction, b.bidder, b.datetime, r.n FROM
         (SELECT time_bucket(INTERVAL 1 SECOND, datetime) AS ws, bidder, COUNT(*) AS n FROM bid GROUP BY 1, 2) r
         JOIN bid b ON b.bidder = r.bidder AND b.datetime BETWEEN r.ws AND r.ws + INTERVAL 500 MILLISECOND""",
+    "busiest": """SELECT * FROM (SELECT time_bucket(INTERVAL 1 SECOND, datetime) AS ws, bidder, COUNT(*) AS n,
+        dense_rank() OVER (PARTITION BY time_bucket(INTERVAL 1 SECOND, datetime) ORDER BY COUNT(*) DESC) AS r
+        FROM bid GROUP BY 1, 2) WHERE r <= 3""",
     "three": """SELECT a.id, p.name, b.price, b.datetime FROM auction a JOIN person p ON a.seller = p.id
         AND a.datetime BETWEEN p.datetime AND p.datetime + INTERVAL 10 SECOND JOIN bid b ON b.auction = a.id
         AND b.datetime BETWEEN a.datetime AND a.datetime + INTERVAL 2 SECOND WHERE b.price > 1000""",
