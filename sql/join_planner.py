@@ -22,7 +22,9 @@ from pondstream.sql.windows import WindowSpec
 
 TIME_BOUND_HINT = ("bound the event times in ON, e.g. s.ts BETWEEN o.ts AND o.ts + INTERVAL '4' HOUR "
                    "(or s.ts >= o.ts - INTERVAL '1' MINUTE AND s.ts < o.ts + INTERVAL '1' HOUR), so each "
-                   "side's rows can be forgotten once the other side's watermark passes them")
+                   "side's rows can be forgotten once the other side's watermark passes them; to look rows up "
+                   "in a table that changes (latest row per key), use a temporal join: JOIN c FOR SYSTEM_TIME "
+                   "AS OF o.ts AS c ON o.k = c.k (an unbounded join with a state TTL is not supported)")
 MAX_BUCKET_US, MIN_BUCKET_US = 3_600_000_000, 1_000_000
 TEMPORAL_BUCKET_US = 10_000_000  # a temporal join keeps waiting rows and recent versions per 10 s of event time
 TEMPORAL_HINT = ("write FROM orders o [LEFT] JOIN customers FOR SYSTEM_TIME AS OF o.event_time AS c "
