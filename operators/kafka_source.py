@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Me
 
 from pondstream.operators.decode import csv_parser, decode_lines, json_parser
 from pondstream.operators.source import Source, SourceBatch, bad_records, event_time_range
+from pondstream.sql.secrets import resolve
 
 STARTUP = ("earliest", "latest", "timestamp")
 REFRESH_S = 10.0  # how often to look for new partitions
@@ -28,9 +29,11 @@ class KafkaSourceError(ValueError):
 
 
 def kafka_config(options: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """librdkafka settings: ours plus every `properties.*` option passed through (security etc.)."""
-    conf: dict[str, Any] = {"bootstrap.servers": options["bootstrap_servers"], "log_level": 0, **extra}
-    conf.update({k[len("properties."):]: v for k, v in options.items() if k.startswith("properties.")})
+    """librdkafka settings: ours plus every `properties.*` option passed through (security etc.), with
+    `${NAME}` references read from the environment now (never stored resolved)."""
+    conf: dict[str, Any] = {"bootstrap.servers": resolve("bootstrap_servers", options["bootstrap_servers"]),
+                            "log_level": 0, **extra}
+    conf.update({k[len("properties."):]: resolve(k, v) for k, v in options.items() if k.startswith("properties.")})
     return conf
 
 

@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from pondstream.sql.errors import at
 from pondstream.sql.intervals import MAX_US, duration_us
+from pondstream.sql.secrets import REFERENCE, literal_secret_problem
 
 INT64_MAX = 2**63 - 1
 
@@ -172,7 +173,13 @@ def check_options(options: dict[str, str], known: Mapping[str, Check], prefixes:
     out: dict[str, str] = {}
     for key, value in options.items():
         node = nodes.get(key)
+        problem = literal_secret_problem(key, value)
+        if problem:
+            raise at(node, problem, "secrets are read from the environment when the pipeline runs, never stored")
         if any(key.startswith(p) and len(key) > len(p) for p in prefixes):  # passed through as they are
+            out[key] = value
+            continue
+        if REFERENCE.match(value) and known.get(key) is text_value:  # resolved when the pipeline runs
             out[key] = value
             continue
         if key not in known:
