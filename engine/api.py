@@ -7,11 +7,12 @@ take the RocksDB lock before they change anything, catalog.json included.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from datafusion import SessionContext
@@ -24,6 +25,7 @@ from pondstream.engine.lookup import register as register_lookup
 from pondstream.engine.query_functions import query_context
 from pondstream.engine.streams import guard_exit, overlaps, pieces
 from pondstream.sql import (
+    CreateFunction,
     CreateStream,
     CreateView,
     Describe,
@@ -35,6 +37,7 @@ from pondstream.sql import (
     parse_script,
 )
 from pondstream.sql.dialect import DataFusionSQL, StreamSQL
+from pondstream.sql.functions import FunctionError, load, unload
 from pondstream.sql.planner import ViewPlan
 from pondstream.sql.windows import WindowSpec
 from pondstream.state.errors import EngineError
@@ -118,9 +121,11 @@ class Engine:
         reset_names = {r.lower() for r in reset}
         out: list[pa.Table | str] = []
         for stmt in parse_script(sql):
-            if isinstance(stmt, (CreateStream, CreateView, Drop)):
+            if isinstance(stmt, (CreateStream, CreateView, CreateFunction, Drop)):
                 self._open()  # the lock first: catalog.json changes only under it
-            if isinstance(stmt, CreateStream):
+            if isinstance(stmt, CreateFunction):
+                out.append(self._create_function(stmt, base_dir or os.getcwd()))
+            elif isinstance(stmt, CreateStream):
                 out.append(self._create_stream(stmt, reset_names, base_dir or os.getcwd()))
             elif isinstance(stmt, CreateView):
                 out.append(self._create_view(stmt, reset_names))
@@ -203,6 +208,37 @@ class Engine:
         staged = f" (runs as {', '.join(added)})" if len(added) > 1 else ""
         return f"created materialized view {stmt.name}{staged}"
 
+    def _create_function(self, stmt: CreateFunction, base_dir: str) -> str:
+        from pondstream.engine.catalog import FunctionEntry, python_function
+
+        _check_new_name(stmt.name, "function name")
+        cat = self.catalog
+        old = next((n for n in cat.functions if n.lower() == stmt.name.lower()), None)
+        entry = FunctionEntry(stmt, python_function(stmt, base_dir))
+        if old and cat.functions[old].stmt.same_definition(stmt) and cat.functions[old].fn == entry.fn:
+            load(entry.fn)  # imported afresh: an edited module changes future results
+            return f"function {stmt.name} exists (unchanged)"
+        try:
+            load(entry.fn)
+        except FunctionError as e:
+            raise EngineError(str(e)) from None
+        if old:
+            del cat.functions[old]
+        cat.functions[stmt.name] = entry
+        cat.save()
+        return f"{'replaced' if old else 'created'} function {stmt.name}"
+
+    def register_function(self, fn: Callable[..., Any], args: list[str], returns: str,
+                          name: str | None = None) -> str:
+        """CREATE FUNCTION for a Python function defined in a module file: `args` and `returns` are SQL
+        types, e.g. `engine.register_function(discount, ["DOUBLE", "VARCHAR"], "DOUBLE")`."""
+        path = inspect.getsourcefile(fn)
+        if path is None or fn.__name__ == "<lambda>":
+            raise EngineError(f"{fn!r} is not a named function in a module file: the catalog stores where it lives")
+        params = ", ".join(f"a{i} {t}" for i, t in enumerate(args))
+        return self.execute(f"CREATE FUNCTION {name or fn.__name__}({params}) RETURNS {returns} LANGUAGE PYTHON "
+                            f"AS '{os.path.abspath(path)}:{fn.__name__}'")[0]
+
     def _discard_view_state(self, name: str) -> None:
         store, series = self._open()
         txn = Txn()
@@ -215,6 +251,8 @@ class Engine:
 
     def _drop(self, stmt: Drop) -> str:
         cat = self.catalog
+        if stmt.kind == "FUNCTION":
+            return self._drop_function(stmt)
         found = cat.find(stmt.name)
         want = "stream" if stmt.kind == "STREAM" else "view"
         if not found or found[0] != want:
@@ -245,8 +283,30 @@ class Engine:
         cat.save()
         return f"dropped {name}"
 
+    def _drop_function(self, stmt: Drop) -> str:
+        cat = self.catalog
+        name = next((n for n in cat.functions if n.lower() == stmt.name.lower()), None)
+        if name is None:
+            if stmt.if_exists:
+                return f"{shown(stmt.name)} does not exist"
+            raise EngineError(f"no function named {shown(stmt.name)} (SHOW FUNCTIONS lists them)")
+        users = [v for v, e in cat.views.items() if any(f.name.lower() == name.lower()
+                                                       for f in e.stmt.select.find_all(exp.Anonymous))]
+        if users:
+            raise EngineError(f"function {name} is called by {', '.join(users)}; drop those views first")
+        del cat.functions[name]
+        unload(name)
+        cat.save()
+        return f"dropped function {name}"
+
     def _show(self, kind: str) -> pa.Table:
         cat = self.catalog
+        if kind == "FUNCTIONS":
+            rows = [{"name": n, "arguments": ", ".join(f"{a} {t}" for a, t in e.stmt.args),
+                     "returns": str(e.stmt.returns), "module": f"{e.fn.path}:{e.fn.attr}",
+                     "source_hash": e.fn.source_hash} for n, e in sorted(cat.functions.items())]
+            names = ["name", "arguments", "returns", "module", "source_hash"]
+            return pa.Table.from_pylist(rows) if rows else pa.table({n: pa.array([], pa.string()) for n in names})
         if kind == "STREAMS":
             rows = [{"name": n, "connector": e.stmt.options.get("connector"), "event_time": e.stmt.event_time,
                      "watermark_delay_s": e.stmt.watermark_delay_us / 1e6,

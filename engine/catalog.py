@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pondstream.sql import CreateStream, CreateView, SqlError, parse_script
+from pondstream.sql import CreateFunction, CreateStream, CreateView, SqlError, parse_script
+from pondstream.sql.functions import FunctionError, PythonFunction, load
 from pondstream.sql.planner import ViewPlan, plan_view
 from pondstream.sql.stages import stages
+from pondstream.state.errors import EngineError
 from pondstream.state.files import damaged, read_json, write_sealed_json
 from pondstream.state.paths import is_valid_name
 from pondstream.state.series import META
@@ -28,6 +30,17 @@ REPAIR = ("restore it from a backup or fix it by hand (it holds the SQL of every
 class StreamEntry:
     stmt: CreateStream
     base_dir: str  # relative file paths resolve against the directory the stream was created from
+
+
+@dataclass
+class FunctionEntry:
+    stmt: CreateFunction
+    fn: PythonFunction  # the module path resolved against the directory it was created from
+
+
+def python_function(stmt: CreateFunction, base_dir: str) -> PythonFunction:
+    path = stmt.module if os.path.isabs(stmt.module) else os.path.join(base_dir, stmt.module)
+    return PythonFunction(stmt.name, tuple(t for _, t in stmt.args), stmt.returns, os.path.abspath(path), stmt.attr)
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Catalog:
     path: Path
     streams: dict[str, StreamEntry] = field(default_factory=dict)
     views: dict[str, ViewEntry] = field(default_factory=dict)
+    functions: dict[str, FunctionEntry] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state_dir: Path) -> Catalog:
@@ -77,9 +91,17 @@ class Catalog:
             for name, s in _section(data, "streams").items():
                 (stmt,) = parse_script(s["sql"])
                 cat.streams[_checked(name, stmt.name, cat.path)] = StreamEntry(stmt, s.get("base_dir", os.getcwd()))
+            for name, f in _section(data, "functions").items():  # before the views that call them
+                (stmt,) = parse_script(f["sql"])
+                entry = FunctionEntry(stmt, PythonFunction(stmt.name, tuple(t for _, t in stmt.args), stmt.returns,
+                                                           f["path"], stmt.attr))
+                load(entry.fn)
+                cat.functions[_checked(name, stmt.name, cat.path)] = entry
             for name, v in _section(data, "views").items():
                 (stmt,) = parse_script(v["sql"])
                 cat.add_view(_checked(name, stmt.name, cat.path), stmt)
+        except FunctionError as e:
+            raise EngineError(f"{e}; restore the module, or DROP FUNCTION and the views that call it") from None
         except (SqlError, KeyError, TypeError, ValueError) as e:
             raise damaged(cat.path, f"an entry cannot be read: {e}", REPAIR) from None
         return cat
@@ -136,6 +158,7 @@ class Catalog:
         data = {
             "streams": {n: {"sql": e.stmt.sql, "base_dir": e.base_dir} for n, e in self.streams.items()},
             "views": {n: {"sql": e.stmt.sql} for n, e in self.views.items() if e.stage_of is None},
+            "functions": {n: {"sql": e.stmt.sql, "path": e.fn.path} for n, e in self.functions.items()},
         }
         write_sealed_json(self.path, data)
 

@@ -331,6 +331,10 @@ def cmd_status(args) -> int:
             errors = " / ".join(f"{i['stream']}__errors" for i in inputs)
             print(f"  records read: {v['records_read']:,} = {v['records_read'] - v['records_bad']:,} to the view"
                   f" + {v['records_bad']:,} to {errors}")
+    if st.get("functions"):  # a changed hash means the module was edited: results from then on differ
+        print("\nfunctions (as of the last checkpoint):")
+        for name, f in st["functions"].items():
+            print(f"  {name}: {f['module']}  source {f['source_hash']}")
     if st.get("series"):
         print("\nseries (queryable tables):")
         for name, s in st["series"].items():

@@ -27,6 +27,7 @@ from sqlglot import exp
 from pondstream.operators.window import latest_start, window_end
 from pondstream.sql.dialect import StreamSQL
 from pondstream.sql.errors import SqlError
+from pondstream.sql.functions import register_all
 from pondstream.sql.intervals import interval_us, month_day_nano_us
 from pondstream.sql.windows import window_spec
 from pondstream.state.errors import EngineError
@@ -57,8 +58,11 @@ def usage(name: str) -> str:
 
 
 def query_context() -> QueryContext:
-    """A DataFusion session for queries over the views, with the window functions registered."""
-    return QueryContext()
+    """A DataFusion session for queries over the views, with the window functions and the catalog's
+    Python functions registered."""
+    ctx = QueryContext()
+    register_all(ctx)
+    return ctx
 
 
 class QueryContext(SessionContext):

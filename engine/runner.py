@@ -456,5 +456,7 @@ class Runner:
         status = {"pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "checkpoint": self.epoch, "events_this_run": self.progress.events,
                   "events_per_second": round(self.progress.rate), "bad_records_this_run": self.progress.bad,
-                  "views": views}
+                  "views": views,
+                  "functions": {n: {"module": f"{e.fn.path}:{e.fn.attr}", "source_hash": e.fn.source_hash}
+                                for n, e in self.catalog.functions.items()}}
         write_sealed_json(self.state_dir / "status.json", status)  # atomic, fsynced, checksummed

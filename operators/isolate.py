@@ -7,15 +7,22 @@ few bad records cost a few extra calls (about 2 log2(n) per bad record), and the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
+_PY_ERROR = re.compile(r"FunctionError\((['\"])(.*?)\1\)")  # a Python function's error inside DataFusion's
+
+
 def first_line(error: BaseException) -> str:
-    """An exception's message, one line, bounded: fit for an errors series."""
-    text = str(error).strip().split("\n")[0]
+    """An exception's message, one line, bounded: fit for an errors series. A Python function's own message
+    is taken out of the PyErr DataFusion wraps it in."""
+    text = str(error).strip()
+    m = _PY_ERROR.search(text)
+    text = m.group(2) if m else text.split("\n")[0]
     return (text or type(error).__name__)[:300]
 
 

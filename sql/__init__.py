@@ -3,6 +3,7 @@
 from pondstream.sql.errors import SqlError
 from pondstream.sql.names import check_name, object_name
 from pondstream.sql.statements import (
+    CreateFunction,
     CreateStream,
     CreateView,
     Describe,
@@ -15,6 +16,6 @@ from pondstream.sql.statements import (
 )
 
 __all__ = [
-    "SqlError", "check_name", "object_name", "Statement", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
+    "SqlError", "check_name", "object_name", "Statement", "CreateFunction", "CreateStream", "CreateView", "Drop", "Show", "Describe", "Query", "parse_script",
     "check_limits",
 ]

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from pondstream.sql.dialect import to_datafusion
 from pondstream.sql.errors import SqlError, at
+from pondstream.sql.functions import register_all
 from pondstream.sql.intervals import interval_us, option_duration
 from pondstream.sql.join_planner import JoinSpec, is_join, plan_join
 from pondstream.sql.names import object_name
@@ -83,7 +84,9 @@ class ViewPlan:
 
 def session() -> SessionContext:
     """DataFusion for per-batch work: one partition, output in one large batch."""
-    return SessionContext(SessionConfig().with_target_partitions(1).with_batch_size(1 << 20))
+    ctx = SessionContext(SessionConfig().with_target_partitions(1).with_batch_size(1 << 20))
+    register_all(ctx)  # the Python functions of the catalog (CREATE FUNCTION)
+    return ctx
 
 
 def plan_view(view: CreateView, streams: dict[str, CreateStream]) -> ViewPlan:

@@ -67,15 +67,26 @@ class CreateView(Statement):
 
 
 @dataclass
+class CreateFunction(Statement):
+    """CREATE FUNCTION f(a DOUBLE, ...) RETURNS T LANGUAGE PYTHON AS 'path/file.py:function'."""
+
+    name: str
+    args: list[tuple[str, pa.DataType]]
+    returns: pa.DataType
+    module: str  # the path as written (relative paths resolve against the run's directory)
+    attr: str
+
+
+@dataclass
 class Drop(Statement):
-    kind: str  # "STREAM" | "VIEW"
+    kind: str  # "STREAM" | "VIEW" | "FUNCTION"
     name: str
     if_exists: bool
 
 
 @dataclass
 class Show(Statement):
-    kind: str  # "STREAMS" | "VIEWS"
+    kind: str  # "STREAMS" | "VIEWS" | "FUNCTIONS"
 
 
 @dataclass
@@ -88,7 +99,7 @@ class Query(Statement):
     """Anything else: a query DataFusion runs over the materialized views."""
 
 
-_SHOW = re.compile(r"^\s*SHOW\s+(STREAMS|MATERIALIZED\s+VIEWS|VIEWS)\s*$", re.I)
+_SHOW = re.compile(r"^\s*SHOW\s+(STREAMS|MATERIALIZED\s+VIEWS|VIEWS|FUNCTIONS)\s*$", re.I)
 _EMIT_HINT = "end the view with EMIT ON WINDOW CLOSE or EMIT EVERY INTERVAL '10' SECOND"
 
 
@@ -292,12 +303,15 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
                          "CREATE MATERIALIZED VIEW v AS SELECT ... FROM stream GROUP BY ...")
             options, nodes = _options(tree)
             return CreateView(text, name, select, check_view_options(options, nodes))
+        if kind == "FUNCTION":
+            return _create_function(tree, text)
         raise at(tree.this, f"CREATE {kind or '...'} is not supported",
-                 "use CREATE STREAM (a source) or CREATE MATERIALIZED VIEW (a continuous query)")
+                 "use CREATE STREAM (a source), CREATE MATERIALIZED VIEW (a continuous query) or CREATE FUNCTION")
     if isinstance(tree, exp.Drop):
         kind = (tree.args.get("kind") or "").upper()
-        if kind not in ("STREAM", "VIEW"):
-            raise at(tree.this, f"DROP {kind} is not supported", "use DROP STREAM or DROP MATERIALIZED VIEW")
+        if kind not in ("STREAM", "VIEW", "FUNCTION"):
+            raise at(tree.this, f"DROP {kind} is not supported",
+                     "use DROP STREAM, DROP MATERIALIZED VIEW or DROP FUNCTION")
         target = tree.this or (tree.args.get("tables") or [None])[0]
         return Drop(text, kind, object_name(target, kind.lower()), bool(tree.args.get("exists")))
     if isinstance(tree, exp.Describe):
@@ -305,7 +319,8 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
     if isinstance(tree, exp.Command):
         m = _SHOW.match(text)
         if m:
-            return Show(text, "STREAMS" if m.group(1).upper() == "STREAMS" else "VIEWS")
+            word = m.group(1).upper()
+            return Show(text, word if word in ("STREAMS", "FUNCTIONS") else "VIEWS")
         stop, kw = tree.meta.get("stop") or tokens[0], tokens[0].text.upper()[:20]
         what = f"unexpected {stop.text[:40]!r} in this {kw} statement" if stop is not tokens[0] \
             else f"cannot read this {kw} statement"
@@ -314,6 +329,33 @@ def _statement(tree: exp.Expression, text: str, tokens: list[Token]) -> Statemen
     if isinstance(tree, exp.Query):
         return Query(text)
     raise SqlError(f"unsupported statement {tokens[0].text.upper()[:20]}", *_where(tokens[0]), SUPPORTED)
+
+
+FUNCTION_HINT = "CREATE FUNCTION f(x DOUBLE) RETURNS DOUBLE LANGUAGE PYTHON AS 'udfs.py:f'"
+
+
+def _create_function(tree: exp.Create, text: str) -> CreateFunction:
+    fn = tree.this
+    if not isinstance(fn, exp.UserDefinedFunction):
+        raise at(tree, "cannot read this CREATE FUNCTION", FUNCTION_HINT)
+    name = object_name(fn.this, "function")
+    args = []
+    for a in fn.expressions:
+        if not isinstance(a, exp.ColumnDef) or not isinstance(a.args.get("kind"), exp.DataType):
+            raise at(a, "each argument needs a name and a type", FUNCTION_HINT)
+        args.append((a.name, arrow_type(a.args["kind"], a)))
+    props = {type(p): p for p in (tree.args.get("properties").expressions if tree.args.get("properties") else [])}
+    returns, language = props.get(exp.ReturnsProperty), props.get(exp.LanguageProperty)
+    if returns is None or not isinstance(returns.this, exp.DataType):
+        raise at(tree, f"function {name} needs RETURNS <type>", FUNCTION_HINT)
+    if language is None or language.name.upper() != "PYTHON":
+        raise at(language or tree, f"function {name} needs LANGUAGE PYTHON (the only language there is)", FUNCTION_HINT)
+    body = tree.expression
+    where, _, attr = (body.this if isinstance(body, exp.Literal) and body.is_string else "").rpartition(":")
+    if not where or not attr.isidentifier():
+        raise at(body if body is not None else tree, f"function {name}: AS must be 'path/file.py:function'",
+                 FUNCTION_HINT)
+    return CreateFunction(text, name, args, arrow_type(returns.this, tree), where, attr)
 
 
 def _options(tree: exp.Create) -> tuple[dict[str, str], dict[str, exp.Expression]]:
