@@ -274,7 +274,7 @@ class Engine:
             if cat.views[name].stage_of:
                 raise EngineError(f"view {name} is a stage of view {cat.views[name].stage_of}; drop that view")
             parts = [name, *reversed(cat.stages_of(name))]
-            deps = [d for d in cat.views_of(name) if d not in parts]
+            deps = sorted({d for p in parts for d in cat.views_of(p)} - set(parts))  # readers of its stages too
             if deps:
                 raise EngineError(f"view {name} is read by {', '.join(deps)}; drop those views first")
             for n in parts:

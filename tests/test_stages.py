@@ -139,6 +139,8 @@ def test_stages_are_views_of_their_own_and_go_with_their_view(results):
             e.execute("CREATE MATERIALIZED VIEW x AS WITH bids AS (SELECT auction, datetime FROM bid) "
                       "SELECT window_start, COUNT(*) AS n FROM TUMBLE(TABLE bids, DESCRIPTOR(datetime), "
                       "INTERVAL '1' SECOND) GROUP BY window_start, window_end")
+        with pytest.raises(EngineError, match="view three is read by bids_of_new"):  # it reads three's stage
+            e.execute("DROP MATERIALIZED VIEW three")
         e.execute("DROP MATERIALIZED VIEW big_bids")
         names = set(e.execute("SHOW MATERIALIZED VIEWS")[0].column("name").to_pylist())
         assert not {"big_bids", "big_bids__big", "big_bids__hot"} & names and "by_category__join" in names
