@@ -304,7 +304,8 @@ class Runner:
                 self.progress.rejected(g.stream.stmt.name, g.bad[-1])
                 v.meta["records_bad"] += len(errors)
             self.progress.late += late
-        self.progress.read(g.stream.stmt.name, data.num_rows, sb.partitions)
+        if not isinstance(g.source, ViewSource):  # events are what the sources read, not rows views pass on
+            self.progress.read(g.stream.stmt.name, data.num_rows, sb.partitions)
 
     def checkpoint(self) -> None:
         """Commit one epoch: state runs, emitted windows, positions and watermarks, atomically."""

@@ -94,6 +94,33 @@ SELECT TUMBLE_START(event_time, INTERVAL '1' HOUR) AS hour, UPPER(customer_id) A
 FROM orders GROUP BY TUMBLE(event_time, INTERVAL '1' HOUR), UPPER(customer_id);
 """,
 ]
+UDF = Path(__file__).parent.parent / "examples" / "udf" / "functions.py"
+NEWER = [  # joins, stages, Top-N, FILTER, functions
+    """CREATE MATERIALIZED VIEW top3 AS SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY customer_id
+ORDER BY amount DESC) AS rn FROM orders WHERE amount > 0) WHERE rn <= 3;
+""",
+    """CREATE MATERIALIZED VIEW best AS SELECT window_start, customer_id, rk FROM (SELECT *, RANK() OVER (PARTITION BY
+window_start, window_end ORDER BY amount DESC) AS rk FROM TUMBLE(TABLE orders, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))
+WHERE rk <= 1;
+""",
+    """CREATE MATERIALIZED VIEW staged AS WITH big AS (SELECT order_id, customer_id, event_time FROM orders WHERE amount > 10)
+SELECT window_start, COUNT(*) AS n, COUNT(*) FILTER (WHERE order_id % 2 = 0) AS even
+FROM TUMBLE(TABLE big, DESCRIPTOR(event_time), INTERVAL '1' MINUTE) GROUP BY window_start, window_end;
+""",
+    """CREATE MATERIALIZED VIEW asof AS SELECT o.order_id, c.amount FROM orders o
+LEFT JOIN orders FOR SYSTEM_TIME AS OF o.event_time AS c ON o.customer_id = c.customer_id;
+""",
+    """CREATE MATERIALIZED VIEW three AS SELECT TUMBLE_START(a.event_time, INTERVAL '1' MINUTE) AS m, COUNT(*) AS n
+FROM orders a JOIN orders b ON a.order_id = b.order_id AND b.event_time BETWEEN a.event_time AND a.event_time + INTERVAL '1' MINUTE
+JOIN orders d ON d.order_id = a.order_id AND d.event_time BETWEEN a.event_time AND a.event_time + INTERVAL '1' MINUTE
+GROUP BY TUMBLE(a.event_time, INTERVAL '1' MINUTE);
+""",
+    f"""CREATE FUNCTION discount(amount DOUBLE, customer VARCHAR) RETURNS DOUBLE LANGUAGE PYTHON AS '{UDF}:discount';
+CREATE MATERIALIZED VIEW net AS SELECT DATE_FORMAT(event_time, 'yyyy-MM-dd') AS day,
+SUM(discount(amount, customer_id)) AS net FROM orders GROUP BY DATE_FORMAT(event_time, 'yyyy-MM-dd');
+SHOW FUNCTIONS;
+""",
+]
 OTHER = "DESCRIBE orders; SHOW STREAMS; SHOW MATERIALIZED VIEWS; SELECT 1 AS x;\n"
 DROPS = "DESCRIBE hourly_sales; DROP MATERIALIZED VIEW hourly_sales; DROP STREAM IF EXISTS orders;\n"
 TYPED = """CREATE STREAM typed (id BIGINT, price DECIMAL(10, 2), qty INT, note VARCHAR(20), ok BOOLEAN, ts TIMESTAMP,
@@ -135,6 +162,7 @@ def bases() -> list[str]:
         out.append(stream + VIEWS[0] + VIEWS[3] + VIEWS[7] + OTHER)  # (each statement re-reads the catalog)
     out += [KAFKA_STREAM + v for v in (VIEWS[0], VIEWS[2], VIEWS[3])]
     out += [TYPED, FILE_STREAM + VIEWS[0] + DROPS]
+    out += [GEN_STREAM + v for v in NEWER]
     return out
 
 
@@ -234,7 +262,8 @@ def run_case(sql: str, root: Path, run: bool = False) -> tuple[str, str]:
 def _reload(state: Path, root: Path) -> None:
     """The catalog loads again, and each stored statement, executed again, is recognized as unchanged."""
     cat = Catalog.load(state)
-    stored = [e.stmt.sql for e in cat.streams.values()] + [e.stmt.sql for e in cat.views.values()]
+    stored = [e.stmt.sql for e in cat.functions.values()] + [e.stmt.sql for e in cat.streams.values()] + \
+        [e.stmt.sql for e in cat.views.values() if e.stage_of is None]  # stages are derived, not stored
     with Engine(state) as again:
         for text in stored:
             (result,) = again.execute(text, base_dir=str(root))
