@@ -20,6 +20,7 @@ out into the stream's errors like any expression failure.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,17 +176,9 @@ class IntervalJoinView(ViewOperator):
         if right is None or not right.num_rows:
             return left.slice(0, 0), self._nulls(1, 0)
 
-        def run(lo: int, hi: int) -> pa.Table:
-            return self._sql(self.j.pairs_sql, left.slice(lo, hi - lo), right)
-        try:
-            found = run(0, left.num_rows)
-        except Exception:  # noqa: BLE001 - DataFusion raises plain Exceptions for data errors
-            done, failed = bisect_failures(left.num_rows, run)
-            found = _concat([t for _, _, t in done]) or pa.table({"l": pa.array([], pa.int64()),
-                                                                   "r": pa.array([], pa.int64())})
-            raws = as_json(left.take(pa.array([i for i, _ in failed])).drop_columns([RID])) if failed else []
-            self.failed += [(raw, f"expression error in view {self.plan.name} (ON): {msg}")
-                            for raw, (_, msg) in zip(raws, failed, strict=True)]
+        found = self._isolated(lambda lo, hi: self._sql(self.j.pairs_sql, left.slice(lo, hi - lo), right),
+                               left.num_rows, lambda rows: as_json(left.take(pa.array(rows)).drop_columns([RID])),
+                               " (ON)")
         li = pc.index_in(found.column("l"), value_set=left.column(RID))
         ri = pc.index_in(found.column("r"), value_set=right.column(RID))
         return left.take(li), right.take(ri)
@@ -205,17 +198,28 @@ class IntervalJoinView(ViewOperator):
         pair = pa.array(np.arange(left.num_rows, dtype=np.int64))
         left, right = left.append_column(PAIR, pair), right.append_column(PAIR, pair)
 
-        def run(lo: int, hi: int) -> pa.Table:
-            return self._sql(self.plan.final_sql, left.slice(lo, hi - lo), right.slice(lo, hi - lo))
+        def pair_json(rows: list[int]) -> list[bytes]:
+            sides = [t.take(pa.array(rows)).drop_columns([RID, PAIR]).to_pylist() for t in (left, right)]
+            return [json.dumps(dict(zip(self.j.aliases, pair, strict=True)), default=str).encode()
+                    for pair in zip(*sides, strict=True)]
+        out = self._isolated(lambda lo, hi: self._sql(self.plan.final_sql, left.slice(lo, hi - lo),
+                                                      right.slice(lo, hi - lo)), left.num_rows, pair_json)
+        return self._in_time_order(out)
+
+    def _isolated(self, run: Callable[[int, int], pa.Table], n: int, raw: Callable[[list[int]], list[bytes]],
+                  where: str = "") -> pa.Table:
+        """`run(0, n)`, or, when it fails, the rows that work: the failing left rows are bisected out and
+        recorded (as `raw` describes them) for the stream's errors, so one poison row stops nothing."""
         try:
-            out = run(0, left.num_rows)
-        except Exception:  # noqa: BLE001
-            done, failed = bisect_failures(left.num_rows, run)
-            out = _concat([t for _, _, t in done]) or run(0, 0)
-            for i, msg in failed:
-                sides = [t.slice(i, 1).drop_columns([RID, PAIR]).to_pylist()[0] for t in (left, right)]
-                raw = json.dumps(dict(zip(self.j.aliases, sides, strict=True)), default=str).encode()
-                self.failed.append((raw, f"expression error in view {self.plan.name}: {msg}"))
+            return run(0, n)
+        except Exception:  # noqa: BLE001 - DataFusion raises plain Exceptions for data errors
+            done, failed = bisect_failures(n, run)
+        if failed:
+            self.failed += [(r, f"expression error in view {self.plan.name}{where}: {msg}")
+                            for r, (_, msg) in zip(raw([i for i, _ in failed]), failed, strict=True)]
+        return _concat([t for _, _, t in done]) or run(0, 0)
+
+    def _in_time_order(self, out: pa.Table) -> pa.Table:
         order = [(c, "ascending") for c in self.plan.time_columns]
         return out.sort_by(order) if order else out
 

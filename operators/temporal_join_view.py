@@ -31,7 +31,6 @@ from pondstream.operators.interval_join_view import (
     IntervalJoinView,
     _concat,
 )
-from pondstream.operators.isolate import bisect_failures
 from pondstream.operators.source import as_json
 from pondstream.operators.view_operator import Emission
 from pondstream.operators.watermark import END_OF_STREAM
@@ -46,7 +45,7 @@ class TemporalJoinView(IntervalJoinView):
         new_left, new_right = (self._with_ids(_concat(p)) for p in self.pending)
         self.pending = [[], []]
         # Left rows that may be ready: new ones, and stored ones in buckets that start below the right watermark.
-        left = _concat([self._take_stored(txn, 0, wr), new_left]) if wr is not None else None
+        left = _concat([self._take_waiting(txn, wr), new_left]) if wr is not None else None
         if wr is None:
             self._store(txn, 0, new_left, epoch)
         ready = waiting = None
@@ -100,14 +99,12 @@ class TemporalJoinView(IntervalJoinView):
             pa.timestamp("us"))), epoch)
         return new
 
-    def _take_stored(self, txn: Txn, side: int, below: int | None = None) -> pa.Table | None:
-        """The stored rows of a side (the right's compacted rows too; for the left only buckets that start
-        below `below`), removed from state: the caller stores back what it keeps."""
+    def _take_waiting(self, txn: Txn, below: int) -> pa.Table | None:
+        """The waiting left rows in buckets that start below `below` (the right watermark), removed from
+        state: the caller stores back the ones still waiting."""
         mask = (1 << SIDE_BITS) - 1
-        ids = [w for w in self.state.runs if (w >> SIDE_BITS == side and
-                                              (below is None or ((w & mask) - OFFSET) * self.j.bucket_us < below))
-               or (side == 1 and w == BASE)]
-        rows = _concat([t.drop_columns(["__ws"]) for t in self.state.read(set(ids))])
+        ids = {w for w in self.state.runs if w >> SIDE_BITS == 0 and ((w & mask) - OFFSET) * self.j.bucket_us < below}
+        rows = _concat([t.drop_columns(["__ws"]) for t in self.state.read(ids)])
         for w in ids:
             self.state.drop(txn, w)
         return rows
@@ -126,18 +123,9 @@ class TemporalJoinView(IntervalJoinView):
         left = left.append_column(PAIR, pa.array(pair, pa.int64()))
         right = right.append_column(PAIR, right.column(RID))
 
-        def run(lo: int, hi: int) -> pa.Table:
-            return self._sql(self.plan.final_sql, left.slice(lo, hi - lo), right)
-        try:
-            out = run(0, left.num_rows)
-        except Exception:  # noqa: BLE001 - DataFusion raises plain Exceptions for data errors
-            done, failed = bisect_failures(left.num_rows, run)
-            out = _concat([t for _, _, t in done]) or run(0, 0)
-            raws = as_json(left.take(pa.array([i for i, _ in failed])).drop_columns([RID, PAIR, DUE]))
-            self.failed += [(raw, f"expression error in view {self.plan.name}: {msg}")
-                            for raw, (_, msg) in zip(raws, failed, strict=True)]
-        order = [(c, "ascending") for c in self.plan.time_columns]
-        return out.sort_by(order) if order else out
+        out = self._isolated(lambda lo, hi: self._sql(self.plan.final_sql, left.slice(lo, hi - lo), right),
+                             left.num_rows, lambda rows: as_json(left.take(pa.array(rows)).drop_columns([RID, PAIR, DUE])))
+        return self._in_time_order(out)
 
     def _as_of(self, left: pa.Table, right: pa.Table) -> np.ndarray:
         """For each left row, the index of the right row with equal keys and the latest (time, arrival) at
